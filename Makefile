@@ -1,0 +1,35 @@
+# Set-up is two commands: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install install-test test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed  ## .venv with the mongo-migrate CLI
+
+install-test: $(VENV)/.installed-test
+
+test: install-test  ## the whole suite, against real mongods
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install-test  ## local source and destination mongods, sample data, a migration
+	$(BIN)/mongo-migrate demo
+
+bench: install-test
+	$(BIN)/python bench/full_copy.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache

@@ -1,0 +1,269 @@
+"""The migration spec: one pydantic model read by the CLI, the Prefect UI form and the flows.
+
+This module is the one place that knows what a valid spec is. Errors name the key to fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from blocks.mongo import MongoConnection, MongoEndpoint
+
+SYSTEM_DATABASES = ("admin", "local", "config")
+# the destination database where the migration keeps its own state (see README, "State")
+META_DATABASE = "mongo_migrate_meta"
+DB_NAME_FORBIDDEN = set('/\\. "$*<>:|?\0')
+MAX_DB_NAME_BYTES = 63
+MAX_NAMESPACE_BYTES = 255
+
+
+class SpecError(ValueError):
+    """The spec (or its file) is not valid; the message says what to fix, in one line."""
+
+
+def database_name_problem(name: str) -> str | None:
+    if not name:
+        return "database name is empty"
+    bad = sorted(set(name) & DB_NAME_FORBIDDEN)
+    if bad:
+        return f"database name {name!r} contains {''.join(bad)!r}, which MongoDB does not allow"
+    if len(name.encode()) > MAX_DB_NAME_BYTES:
+        return f"database name {name!r} is longer than {MAX_DB_NAME_BYTES} bytes"
+    return None
+
+
+def collection_name_problem(name: str) -> str | None:
+    if not name:
+        return "collection name is empty"
+    if "$" in name or "\0" in name:
+        return f"collection name {name!r} contains '$' or a null character"
+    if name.startswith("system."):
+        return f"collection name {name!r} is reserved (system.*)"
+    return None
+
+
+class EndpointSpec(MongoConnection):
+    """A deployment given inline (URI and options) or by the name of a saved MongoEndpoint block."""
+
+    block: str | None = Field(
+        None, title="MongoEndpoint block",
+        description="Name of a saved MongoEndpoint block; when set, the block's settings are used.",
+    )
+    password_env: str | None = Field(
+        None, title="Password environment variable",
+        description="Read the password from this environment variable where the flow runs.",
+    )
+    storage_gb: float | None = Field(
+        None, gt=0, title="Declared storage (GB)",
+        description="Capacity of a managed destination, checked by the precheck.",
+    )
+
+    @model_validator(mode="after")
+    def _uri_or_block(self) -> "EndpointSpec":
+        if not self.uri and not self.block:
+            raise ValueError("give either uri or block")
+        if self.uri and self.block:
+            raise ValueError("give uri or block, not both")
+        if self.uri and not self.uri.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("uri must start with mongodb:// or mongodb+srv://")
+        return self
+
+    def resolve(self) -> MongoConnection:
+        """Plain connection settings, with the block loaded and the environment read."""
+        if self.block:
+            try:
+                conn = MongoEndpoint.load(self.block).connection()
+            except ValueError as exc:
+                raise SpecError(f"MongoEndpoint block {self.block!r} not found: save it first") from exc
+        else:
+            fields = {name: getattr(self, name) for name in MongoConnection.model_fields}
+            conn = MongoConnection.model_validate(fields)
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise SpecError(f"environment variable {self.password_env} (password_env) is not set")
+            conn = conn.model_copy(update={"password": SecretStr(value)})
+        return conn
+
+    def display(self) -> str:
+        return f"block {self.block}" if self.block else super().display()
+
+
+class ObjectSelection(BaseModel):
+    """A database to migrate, whole or some of its collections."""
+
+    model_config = ConfigDict(extra="forbid")
+    database: str = Field(title="Database")
+    collections: list[str] | None = Field(
+        None, title="Collections", description="Only these collections (and views); all when omitted."
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _valid_database(cls, v: str) -> str:
+        problem = database_name_problem(v)
+        if problem:
+            raise ValueError(problem)
+        if v in ("admin", "local"):
+            raise ValueError(f"the {v} database cannot be migrated")
+        if v == META_DATABASE:
+            raise ValueError(f"{META_DATABASE} is mongo-migrate's own state database")
+        return v
+
+    @field_validator("collections")
+    @classmethod
+    def _valid_collections(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("collections is empty: omit it to select the whole database")
+        for name in v:
+            problem = collection_name_problem(name)
+            if problem:
+                raise ValueError(problem)
+        if len(set(v)) != len(v):
+            raise ValueError("a collection is listed twice")
+        return v
+
+
+class CopyOptions(BaseModel):
+    """Tuning of the full copy; the defaults suit most deployments."""
+
+    model_config = ConfigDict(extra="forbid")
+    parallel_workers: int = Field(
+        4, ge=1, le=64, title="Parallel copy workers",
+        description="Collections (or ranges of big ones) copied at the same time.",
+    )
+    batch_docs: int = Field(2000, ge=1, le=100_000, title="Documents per insert batch")
+    batch_mb: float = Field(8.0, gt=0, le=48, title="Megabytes per insert batch")
+    range_docs: int = Field(
+        250_000, ge=1000, title="Documents per copy range",
+        description="Collections larger than this are split into _id ranges copied in parallel.",
+    )
+    drop_existing_targets: bool = Field(
+        False, title="Drop existing target collections",
+        description="Drop target collections that already hold data instead of failing the precheck.",
+    )
+
+
+class MigrationSpec(BaseModel):
+    """What to migrate, from where to where."""
+
+    model_config = ConfigDict(extra="forbid", title="Migration spec")
+
+    source: EndpointSpec = Field(title="Source", description="The deployment to migrate from.")
+    destination: EndpointSpec = Field(title="Destination", description="The deployment to migrate to.")
+    migration_types: list[Literal["full", "incremental"]] = Field(
+        default_factory=lambda: ["full"], title="Migration types",
+        description="full: copy existing data; incremental: then keep applying changes until cutover.",
+    )
+    objects: list[ObjectSelection] = Field(
+        default_factory=list, title="Objects",
+        description="Databases and collections to migrate; every database but admin, local and "
+        "config when empty.",
+    )
+    name_mapping: dict[str, str] = Field(
+        default_factory=dict, title="Name mapping",
+        description="Rename on the destination: 'db: new_db' or 'db.coll: other_db.new_coll'.",
+        examples=[{"shop": "shop_v2", "crm.customers": "sales.clients"}],
+    )
+    copy_options: CopyOptions = Field(default_factory=CopyOptions, title="Copy options")
+
+    @field_validator("migration_types")
+    @classmethod
+    def _types(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("choose at least one of: full, incremental")
+        if "full" not in v:
+            raise ValueError("incremental migration needs full migration first: use [full, incremental]")
+        return list(dict.fromkeys(v))
+
+    @field_validator("name_mapping")
+    @classmethod
+    def _mapping(cls, v: dict[str, str]) -> dict[str, str]:
+        targets: dict[str, str] = {}
+        for src, dst in v.items():
+            if "." in src:
+                if "." not in dst:
+                    raise ValueError(f"{src!r} is a collection; map it to 'database.collection', not {dst!r}")
+            elif "." in dst:
+                raise ValueError(f"{src!r} is a database; map it to a database name, not {dst!r}")
+            for name in (src, dst):
+                db, _, coll = name.partition(".")
+                problem = database_name_problem(db) or (coll and collection_name_problem(coll))
+                if problem:
+                    raise ValueError(f"{name!r}: {problem}")
+            if src == dst:
+                raise ValueError(f"{src!r} is mapped onto itself: remove that entry")
+            if dst.partition(".")[0] in ("admin", "local", "config", META_DATABASE):
+                raise ValueError(f"{src!r} is mapped into the reserved database {dst.partition('.')[0]!r}")
+            if dst in targets:
+                raise ValueError(f"{targets[dst]!r} and {src!r} are both mapped to {dst!r}")
+            targets[dst] = src
+        return v
+
+    @model_validator(mode="after")
+    def _selection(self) -> "MigrationSpec":
+        seen: set[str] = set()
+        for obj in self.objects:
+            if obj.database in seen:
+                raise ValueError(f"database {obj.database!r} is listed twice in objects")
+            seen.add(obj.database)
+        return self
+
+    @property
+    def incremental(self) -> bool:
+        return "incremental" in self.migration_types
+
+    def digest(self) -> str:
+        """Identifies what this spec migrates (not how fast), to recognise a rerun of it."""
+        what = self.model_dump(mode="json", include={"objects", "name_mapping", "migration_types"})
+        what["source"] = self.source.display()
+        what["destination"] = self.destination.display()
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def format_validation_error(exc: ValidationError, source: str = "spec") -> str:
+    """One line per problem, each naming the key: 'spec.yaml: objects.0.database: Field required'."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",)) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_spec(data: object, source: str = "spec") -> MigrationSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a mapping with source, destination, ...")
+    try:
+        return MigrationSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+
+
+def load_spec(path: str | os.PathLike) -> MigrationSpec:
+    """Read a spec from a YAML or JSON file."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{p}: no such spec file") from None
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read the spec file ({exc.strerror})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}{at}") from None
+    return parse_spec(data, p.name)

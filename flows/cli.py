@@ -1,0 +1,168 @@
+"""`mongo-migrate`: run, precheck and demo from a terminal.
+
+Exit codes: 0 success, 1 the migration failed, 2 bad input or a failed precheck.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _quiet_tracebacks() -> None:
+    """Console log lines keep their message but not the traceback (the Prefect UI still has it)."""
+
+    class OneLine(logging.Formatter):
+        def __init__(self, inner: logging.Formatter | None) -> None:
+            super().__init__()
+            self.inner = inner or logging.Formatter()
+
+        def format(self, record: logging.LogRecord) -> str:
+            saved = record.exc_info, record.exc_text, record.stack_info
+            record.exc_info = record.exc_text = record.stack_info = None
+            try:
+                return self.inner.format(record)
+            finally:
+                record.exc_info, record.exc_text, record.stack_info = saved
+
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+        if name.startswith("prefect")
+    ]
+    for lg in loggers:
+        for h in lg.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h.formatter, OneLine):
+                h.setFormatter(OneLine(h.formatter))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mongo-migrate", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("run", "precheck, then migrate"), ("precheck", "only the precheck")):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("spec", help="migration spec, YAML or JSON")
+        c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        c.add_argument("--debug", action="store_true", help="show tracebacks")
+    d = sub.add_parser("demo", help="migrate sample data between two local mongods")
+    d.add_argument("--dir", default=".demo", help="where the demo keeps its mongods and Prefect data")
+    d.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _error(message: str) -> None:
+    print(f"mongo-migrate: error: {message}", file=sys.stderr)
+
+
+def format_precheck(report) -> str:
+    mark = {"passed": "ok  ", "warning": "WARN", "failed": "FAIL"}
+    width = max((len(i.name) for i in report.items), default=10)
+    lines = []
+    for i in report.items:
+        lines.append(f"{mark[i.status]}  {i.name:<{width}}  {i.detail}")
+        if i.remedy and i.status != "passed":
+            lines.append(f"      {'':<{width}}  -> {i.remedy}")
+    lines.append("precheck " + ("passed" if report.passed else "FAILED"))
+    return "\n".join(lines)
+
+
+def format_summary(s) -> str:
+    lines = [
+        f"migrated {s.source} -> {s.destination}" + (" (resumed)" if s.resumed else ""),
+        f"{'source':<40} {'target':<40} {'documents':>12} {'indexes':>7}",
+    ]
+    for c in s.collections:
+        lines.append(f"{c.source_ns:<40} {c.target_ns:<40} {c.target_docs:>12,} {c.indexes:>7}")
+    for v in s.views:
+        lines.append(f"{'(view)':<40} {v:<40}")
+    lines.append(
+        f"{s.docs:,} documents, {s.bytes / 1e6:,.1f} MB in {s.copy_seconds:.1f}s copy "
+        f"({s.docs_per_s:,.0f} docs/s), {s.seconds:.1f}s in all; counts "
+        + ("match" if s.counts_match else "DIFFER")
+    )
+    return "\n".join(lines)
+
+
+def _run(args) -> int:
+    from blocks.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+
+    import prefect  # noqa: F401 - configures logging, which is then trimmed
+
+    if not args.debug:
+        _quiet_tracebacks()
+    from flows.migrate import PrecheckFailed, migrate, precheck
+
+    try:
+        if args.command == "precheck":
+            outcome = precheck(spec)
+            report = outcome.report
+            if args.json:
+                print(json.dumps({"passed": report.passed, "items": [i.model_dump() for i in report.items]}))
+            else:
+                print(format_precheck(report))
+            return EXIT_OK if report.passed else EXIT_BAD_INPUT
+        summary = migrate(spec)
+    except PrecheckFailed as exc:
+        if args.json:
+            print(json.dumps({"status": "precheck_failed", "passed": False,
+                              "items": [i.model_dump() for i in exc.report.items]}))
+        else:
+            print(format_precheck(exc.report))
+        _error("precheck failed; nothing was written: " + ", ".join(i.name for i in exc.report.failed))
+        return EXIT_BAD_INPUT
+    except SpecError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # the flow's failure, reported in one line
+        if args.debug:
+            raise
+        _error(f"migration failed: {one_line(exc)}")
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"status": "completed", **summary.model_dump(mode="json"),
+                          "docs_per_s": round(summary.docs_per_s, 1)}))
+    else:
+        print(format_summary(summary))
+    return EXIT_OK
+
+
+def one_line(exc: BaseException) -> str:
+    from pymongo.errors import PyMongoError
+
+    if isinstance(exc, PyMongoError):
+        from tasks.connect import describe_connection_error
+
+        return describe_connection_error(exc, type(exc).__name__)[1]
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:500]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in ("run", "precheck"):
+            return _run(args)
+        if args.command == "demo":
+            from sandbox.demo import run_demo
+
+            return run_demo(args.dir)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

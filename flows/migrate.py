@@ -1,0 +1,186 @@
+"""The `migrate` and `precheck` flows: the console's steps, composed."""
+from __future__ import annotations
+
+import time
+
+from prefect import flow, unmapped
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, \
+    create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
+
+from blocks.spec import MigrationSpec
+from tasks.connect import check_connectivity_task
+from tasks.copy import CopyStats, copy_collection_range_task, split_collection_task
+from tasks.namespaces import CollectionPlan, MigrationPlan, plan_namespaces_task
+from tasks.precheck import CheckResult, PrecheckReport, run_prechecks_task
+from tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
+from tasks.state import finish_run_task, start_run_task
+from tasks.verify import CountCheck, count_check_task
+
+
+class PrecheckFailed(RuntimeError):
+    def __init__(self, report: PrecheckReport) -> None:
+        self.report = report
+        names = ", ".join(f"{i.name} ({i.detail})" for i in report.failed)
+        super().__init__(f"precheck failed: {names}")
+
+
+class MigrationFailed(RuntimeError):
+    pass
+
+
+class PrecheckOutcome(BaseModel):
+    report: PrecheckReport
+    plan: MigrationPlan | None
+
+
+class CollectionSummary(BaseModel):
+    source_ns: str
+    target_ns: str
+    kind: str
+    source_docs: int
+    target_docs: int
+    copied_docs: int
+    bytes: int
+    indexes: int
+
+
+class MigrationSummary(BaseModel):
+    spec_digest: str
+    source: str
+    destination: str
+    resumed: bool
+    collections: list[CollectionSummary]
+    views: list[str]
+    docs: int
+    bytes: int
+    seconds: float
+    copy_seconds: float
+    counts_match: bool
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.docs / self.copy_seconds if self.copy_seconds else 0.0
+
+
+def precheck_table(report: PrecheckReport) -> list[dict]:
+    return [i.model_dump() for i in report.items]
+
+
+@flow(name="precheck", description="Connectivity and precheck items; writes nothing.")
+def precheck(spec: MigrationSpec) -> PrecheckOutcome:
+    src_f = check_connectivity_task.submit(spec.source, "source")
+    dst_f = check_connectivity_task.submit(spec.destination, "destination")
+    source, destination = src_f.result(), dst_f.result()
+    plan = plan_namespaces_task(spec) if source.reachable else None
+    report = run_prechecks_task(spec, source, destination, plan)
+    create_table_artifact(
+        key="precheck", table=precheck_table(report),
+        description=f"Precheck: {'passed' if report.passed else 'FAILED'}",
+    )
+    return PrecheckOutcome(report=report, plan=plan)
+
+
+@flow(name="full-copy", description="Copy every selected collection, big ones range by range.")
+def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStats]:
+    ranges = [r for f in split_collection_task.map(unmapped(spec), plans) for r in f.result()]
+    # biggest first, so that the last workers to finish are not stuck with a giant
+    ranges.sort(key=lambda r: -r.estimated_docs)
+    total = len(ranges)
+    progress = create_progress_artifact(0.0, key="full-copy-progress",
+                                        description=f"Full copy: {total} ranges")
+    futures = copy_collection_range_task.map(unmapped(spec), ranges)
+    results: list[CopyStats] = []
+    errors: list[BaseException] = []
+    # wait for every range before failing, so each one has saved its checkpoint
+    for done, fut in enumerate(as_completed(futures), start=1):
+        try:
+            results.append(fut.result())
+        except BaseException as exc:  # noqa: BLE001 - reported below, after all ranges settle
+            errors.append(exc)
+        update_progress_artifact(progress, 100.0 * done / total if total else 100.0)
+    if errors:
+        raise errors[0]
+    return results
+
+
+@flow(name="migrate", description="Full (and incremental) migration of a MongoDB deployment.")
+def migrate(spec: MigrationSpec) -> MigrationSummary:
+    started = time.monotonic()
+    outcome = precheck(spec)
+    if not outcome.report.passed or outcome.plan is None:
+        raise PrecheckFailed(outcome.report)
+    plan = outcome.plan
+    run = start_run_task(spec, plan, str(flow_run.get_id() or ""))
+
+    data_plans = plan.data_plans
+    for fut in create_target_collection_task.map(unmapped(spec), data_plans):
+        fut.result()
+
+    copy_started = time.monotonic()
+    copy_flow = full_copy.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=spec.copy_options.parallel_workers)
+    )
+    stats = copy_flow(spec, data_plans)
+    copy_seconds = time.monotonic() - copy_started
+
+    index_futures = build_indexes_task.map(unmapped(spec), data_plans)
+    views = create_views_task(spec, plan.views)
+    indexes = {f.result().target_ns: len(f.result().built) for f in index_futures}
+    counts: list[CountCheck] = [f.result() for f in count_check_task.map(unmapped(spec), data_plans)]
+
+    summary = summarize(spec, run.resumed, data_plans, stats, counts, indexes, views,
+                        time.monotonic() - started, copy_seconds)
+    create_markdown_artifact(key="migration-summary", markdown=summary_markdown(summary),
+                             description="What was migrated")
+    if not summary.counts_match:
+        bad = [c for c in counts if not c.equal]
+        raise MigrationFailed("document counts differ: " + ", ".join(
+            f"{c.source_ns} {c.source_docs} vs {c.target_ns} {c.target_docs}" for c in bad))
+    finish_run_task(spec)
+    return summary
+
+
+def summarize(spec, resumed, plans, stats, counts, indexes, views, seconds, copy_seconds):
+    by_ns: dict[str, list[CopyStats]] = {}
+    for s in stats:
+        by_ns.setdefault(s.source_ns, []).append(s)
+    count_by_ns = {c.source_ns: c for c in counts}
+    rows = []
+    for p in plans:
+        c = count_by_ns[p.source_ns]
+        rows.append(CollectionSummary(
+            source_ns=p.source_ns, target_ns=p.target_ns, kind=p.kind,
+            source_docs=c.source_docs, target_docs=c.target_docs,
+            copied_docs=sum(s.docs for s in by_ns.get(p.source_ns, [])),
+            bytes=sum(s.bytes for s in by_ns.get(p.source_ns, [])),
+            indexes=indexes.get(p.target_ns, 0),
+        ))
+    return MigrationSummary(
+        spec_digest=spec.digest(), source=spec.source.display(), destination=spec.destination.display(),
+        resumed=resumed, collections=rows, views=views,
+        docs=sum(r.copied_docs for r in rows), bytes=sum(r.bytes for r in rows),
+        seconds=round(seconds, 3), copy_seconds=round(copy_seconds, 3),
+        counts_match=all(c.equal for c in counts),
+    )
+
+
+def summary_markdown(s: MigrationSummary) -> str:
+    lines = [
+        f"# Migration {'(resumed) ' if s.resumed else ''}{s.source} -> {s.destination}",
+        "",
+        f"{s.docs:,} documents, {s.bytes / 1e6:,.1f} MB copied in {s.copy_seconds:.1f}s "
+        f"({s.docs_per_s:,.0f} docs/s); total {s.seconds:.1f}s; counts "
+        f"{'match' if s.counts_match else 'DIFFER'}.",
+        "",
+        "| source | target | kind | source docs | target docs | indexes |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    lines += [f"| {c.source_ns} | {c.target_ns} | {c.kind} | {c.source_docs:,} | {c.target_docs:,} | "
+              f"{c.indexes} |" for c in s.collections]
+    if s.views:
+        lines += ["", "Views: " + ", ".join(s.views)]
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Small helpers every task module uses: how tasks are declared, Extended JSON round trips."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from bson import json_util
+from bson.codec_options import CodecOptions
+from bson.json_util import JSONOptions, JSONMode
+from bson.raw_bson import RawBSONDocument
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+# documents travel as raw bytes: never decoded, never re-encoded
+RAW = CodecOptions(document_class=RawBSONDocument)
+_CANONICAL = JSONOptions(json_mode=JSONMode.CANONICAL)
+
+
+def to_ejson(value: Any) -> str:
+    """Canonical Extended JSON: a plain string that keeps every BSON type (for task arguments)."""
+    return json_util.dumps(value, json_options=_CANONICAL)
+
+
+def from_ejson(text: str) -> Any:
+    return json_util.loads(text)
+
+
+def step(fn: Callable | None = None, *, retries: int = 2, retry_delay_seconds: Any = (1, 5, 15), **kw):
+    """Declare a migration step as a Prefect task.
+
+    Results are plain values and idempotent steps are retried; nothing is cached, because a step's
+    outcome depends on the databases, not only on its arguments.
+    """
+    def wrap(f: Callable):
+        return task(
+            f,
+            name=f.__name__,
+            retries=retries,
+            retry_delay_seconds=list(retry_delay_seconds),
+            cache_policy=NO_CACHE,
+            persist_result=False,
+            **kw,
+        )
+    return wrap(fn) if fn is not None else wrap

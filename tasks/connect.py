@@ -1,0 +1,106 @@
+"""Step 1: reach both endpoints and learn what they are."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+from pymongo.errors import (
+    ConfigurationError,
+    InvalidURI,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+
+from blocks.mongo import MongoConnection, open_client
+from blocks.spec import EndpointSpec, SpecError
+from tasks.common import step
+
+Cause = Literal["uri", "dns", "refused", "timeout", "auth", "tls", "block", "other"]
+
+
+class EndpointInfo(BaseModel):
+    role: str
+    display: str
+    reachable: bool
+    cause: Cause | None = None
+    problem: str | None = None
+    version: str | None = None
+    topology: Literal["standalone", "replica_set", "sharded"] | None = None
+    replica_set: str | None = None
+    storage_engine: str | None = None
+    fcv: str | None = None
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in (self.version or "0").split("-")[0].split(".")[:3])
+
+
+def describe_connection_error(exc: Exception, where: str) -> tuple[Cause, str]:
+    """A one-line cause for a failure to reach or log in to `where` (never includes secrets)."""
+    text = str(exc)
+    low = text.lower()
+    if isinstance(exc, SpecError):
+        return "block", str(exc)
+    if isinstance(exc, (InvalidURI, ConfigurationError)):
+        if "dns" in low or "srv" in low and "resolve" in low:
+            return "dns", f"{where}: the SRV/TXT host name does not resolve; check the host in the URI"
+        return "uri", f"{where}: malformed connection settings: {text.split(',')[0]}"
+    if isinstance(exc, OperationFailure) and exc.code == 18:
+        return "auth", f"{where}: authentication failed; check username, password and auth_source"
+    if isinstance(exc, ServerSelectionTimeoutError):
+        if any(s in low for s in ("name or service not known", "nodename nor servname",
+                                  "temporary failure in name resolution", "no address associated")):
+            return "dns", f"{where}: host name does not resolve; check the host in the URI"
+        if "connection refused" in low:
+            return "refused", f"{where}: connection refused; is mongod running on that host and port?"
+        if any(s in low for s in ("ssl", "tls", "certificate")):
+            return "tls", f"{where}: TLS handshake failed; check tls, tls_ca_file and the server's TLS mode"
+        if "connection closed" in low or "connection reset" in low:
+            return "tls", f"{where}: the server closed the connection; it may require TLS (set tls: true)"
+        return "timeout", f"{where}: no answer within the connect timeout; check host, port and firewall"
+    if isinstance(exc, OperationFailure):
+        return "other", f"{where}: {exc.details.get('errmsg', text) if exc.details else text}"
+    return "other", f"{where}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def check_connectivity(endpoint: EndpointSpec, role: str) -> EndpointInfo:
+    """Connect (bounded by the endpoint's timeout), authenticate, and read version and topology."""
+    where = f"{role} ({endpoint.display()})"
+    try:
+        conn = endpoint.resolve()
+        where = f"{role} ({conn.display()})"
+        return describe_endpoint(conn, role)
+    except (PyMongoError, SpecError) as exc:
+        cause, problem = describe_connection_error(exc, where)
+        return EndpointInfo(role=role, display=where, reachable=False, cause=cause, problem=problem)
+
+
+def describe_endpoint(conn: MongoConnection, role: str) -> EndpointInfo:
+    client = open_client(conn)
+    hello = client.admin.command("hello")  # authenticates too, with the client's credentials
+    if hello.get("msg") == "isdbgrid":
+        topology = "sharded"
+    elif hello.get("setName"):
+        topology = "replica_set"
+    else:
+        topology = "standalone"
+    build = client.admin.command("buildInfo")
+    info = EndpointInfo(
+        role=role, display=f"{role} ({conn.display()})", reachable=True, version=build["version"],
+        topology=topology, replica_set=hello.get("setName"),
+    )
+    try:
+        status = client.admin.command("serverStatus", repl=0, metrics=0, locks=0)
+        info.storage_engine = status.get("storageEngine", {}).get("name")
+    except OperationFailure:
+        pass  # needs clusterMonitor; the precheck reports missing privileges separately
+    try:
+        fcv = client.admin.command("getParameter", 1, featureCompatibilityVersion=1)
+        info.fcv = fcv["featureCompatibilityVersion"]["version"]
+    except (OperationFailure, KeyError):
+        pass
+    return info
+
+
+check_connectivity_task = step(check_connectivity, retries=1, retry_delay_seconds=[2])

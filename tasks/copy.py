@@ -1,0 +1,225 @@
+"""Step 4: the full copy of documents, collection by collection and range by range.
+
+Documents are read as raw BSON batches and inserted as they are (no decode, no re-encode), so what
+arrives is byte for byte what was read. Each range keeps a checkpoint on the destination: a retried or
+rerun range starts again from its last saved `_id`, and a range finished by an earlier run of the same
+spec is not copied again. Inserts are unordered and a duplicate `_id` (a document a failed attempt had
+already written) is not an error, so a retry neither loses nor duplicates documents.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+
+import bson
+from pydantic import BaseModel
+from pymongo import ASCENDING, CursorType
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
+
+from blocks.mongo import open_client
+from blocks.spec import META_DATABASE, MigrationSpec
+from tasks.common import RAW, from_ejson, step, to_ejson
+from tasks.namespaces import CollectionPlan
+
+log = logging.getLogger("mongo_migrate.copy")
+
+DUPLICATE_KEY = 11000
+CHECKPOINT_EVERY_S = 5.0
+COPY_UNITS = "copy_units"
+
+
+class DocumentWriteError(RuntimeError):
+    """A document the destination refused for another reason than being there already."""
+
+    def __init__(self, target_ns: str, doc_id: object, code: int, message: str) -> None:
+        self.target_ns, self.doc_id, self.code = target_ns, doc_id, code
+        super().__init__(f"{target_ns}: document _id={doc_id!r} was refused (code {code}): {message}")
+
+
+class CopyRange(BaseModel):
+    """A unit of the full copy: a whole collection, or an `_id` range of a big one."""
+
+    plan: CollectionPlan
+    index: int = 0
+    total: int = 1
+    lower_ejson: str | None = None  # inclusive, `{"_id": ...}` as Extended JSON
+    upper_ejson: str | None = None  # exclusive
+    estimated_docs: int = 0
+
+    @property
+    def unit_id(self) -> str:
+        return f"{self.plan.source_ns}#{self.index + 1}/{self.total}"
+
+
+class CopyStats(BaseModel):
+    unit_id: str
+    source_ns: str
+    target_ns: str
+    docs: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    already_done: bool = False
+
+
+def _splittable(plan: CollectionPlan) -> bool:
+    # clustered collections (time-series buckets included) have no separate _id index to bound
+    return plan.kind == "collection" and "clusteredIndex" not in plan.options
+
+
+def split_collection(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRange]:
+    """Cut a big collection into about equal `_id` ranges, from a server-side sorted sample.
+
+    The bounds are index bounds (`min`/`max`), which follow BSON order across types, so collections
+    with mixed `_id` types split as safely as ObjectId ones.
+    """
+    coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
+    estimated = coll.estimated_document_count()
+    per_range = spec.copy_options.range_docs
+    if not _splittable(plan) or estimated <= per_range:
+        return [CopyRange(plan=plan, estimated_docs=estimated)]
+    wanted = math.ceil(estimated / per_range)
+    sample_size = min(wanted * 20, 20_000)
+    ids = [d["_id"] for d in coll.aggregate(
+        [{"$sample": {"size": sample_size}}, {"$project": {"_id": 1}}, {"$sort": {"_id": 1}}],
+        allowDiskUse=True,
+    )]
+    bounds = []
+    for i in range(1, wanted):
+        candidate = ids[i * len(ids) // wanted]
+        if not bounds or candidate != bounds[-1]:
+            bounds.append(candidate)
+    edges = [None, *bounds, None]
+    total = len(edges) - 1
+    return [
+        CopyRange(
+            plan=plan, index=i, total=total,
+            lower_ejson=None if lo is None else to_ejson({"_id": lo}),
+            upper_ejson=None if hi is None else to_ejson({"_id": hi}),
+            estimated_docs=estimated // total,
+        )
+        for i, (lo, hi) in enumerate(zip(edges, edges[1:]))
+    ]
+
+
+def _prefetch(batches: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+    """Read the next batches in a thread while the current one is written."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for b in batches:
+                if stop.is_set():
+                    return
+                q.put(b)
+            q.put(done)
+        except BaseException as exc:  # handed to the writer, which raises it
+            q.put(exc)
+
+    t = threading.Thread(target=reader, daemon=True, name="copy-prefetch")
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
+
+
+def insert_raw_batch(target: Collection, docs: list, target_ns: str) -> int:
+    """Insert raw documents unordered; documents already there are not an error. Returns inserted."""
+    try:
+        target.insert_many(docs, ordered=False, bypass_document_validation=True)
+        return len(docs)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        refused = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        if refused:
+            first = refused[0]
+            doc_id = docs[first["index"]]["_id"] if "index" in first else None
+            raise DocumentWriteError(target_ns, doc_id, first.get("code"), first.get("errmsg", "")) from None
+        return exc.details.get("nInserted", 0)
+
+
+def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
+    """Copy one range of one collection, resuming from its checkpoint."""
+    plan = rng.plan
+    started = time.monotonic()
+    stats = CopyStats(unit_id=rng.unit_id, source_ns=plan.source_ns, target_ns=plan.target_ns)
+    dest = open_client(spec.destination.resolve())
+    units = dest[META_DATABASE][COPY_UNITS]
+    key = f"{spec.digest()}:{rng.unit_id}"
+    state = units.find_one({"_id": key}) or {}
+    if state.get("done"):
+        stats.docs, stats.bytes, stats.already_done = state.get("docs", 0), state.get("bytes", 0), True
+        return stats
+
+    source = open_client(spec.source.resolve())[plan.source_db].get_collection(
+        plan.data_collection, codec_options=RAW
+    )
+    target = dest[plan.target_db].get_collection(plan.target_data_collection, codec_options=RAW)
+    lower = from_ejson(state["resume_from"]) if state.get("resume_from") else (
+        from_ejson(rng.lower_ejson) if rng.lower_ejson else None
+    )
+    cursor = source.find_raw_batches(
+        {}, batch_size=spec.copy_options.batch_docs, cursor_type=CursorType.EXHAUST
+    )
+    if _splittable(plan):
+        # walk the _id index so that ranges and checkpoints follow one order
+        cursor = cursor.hint([("_id", ASCENDING)])
+        if lower is not None:
+            cursor = cursor.min(list(lower.items()))
+        if rng.upper_ejson:
+            cursor = cursor.max(list(from_ejson(rng.upper_ejson).items()))
+    elif lower is not None:
+        # clustered collections are stored in _id order
+        cursor = source.find_raw_batches(
+            {"_id": {"$gte": lower["_id"]}}, batch_size=spec.copy_options.batch_docs,
+            sort=[("_id", ASCENDING)],
+        )
+    docs_before, bytes_before = state.get("docs", 0), state.get("bytes", 0)
+    last_checkpoint = time.monotonic()
+    for raw in _prefetch(cursor):
+        docs = bson.decode_all(raw, RAW)
+        if not docs:
+            continue
+        # count what was inserted: after a resume, documents already there are not counted twice
+        stats.docs += insert_raw_batch(target, docs, plan.target_ns)
+        stats.bytes += len(raw)
+        if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
+            units.update_one({"_id": key}, {"$set": {
+                "resume_from": to_ejson({"_id": docs[-1]["_id"]}),
+                "docs": docs_before + stats.docs, "bytes": bytes_before + stats.bytes,
+                "updated": datetime.now(timezone.utc),
+            }}, upsert=True)
+            last_checkpoint = time.monotonic()
+    stats.docs += docs_before
+    stats.bytes += bytes_before
+    units.update_one({"_id": key}, {"$set": {
+        "done": True, "docs": stats.docs, "bytes": stats.bytes, "target_ns": plan.target_ns,
+        "updated": datetime.now(timezone.utc),
+    }}, upsert=True)
+    stats.seconds = time.monotonic() - started
+    log.info("copied %s: %d documents, %.1f MB in %.1fs", rng.unit_id, stats.docs, stats.bytes / 1e6,
+             stats.seconds)
+    return stats
+
+
+split_collection_task = step(split_collection)
+copy_collection_range_task = step(copy_collection_range, retries=3, retry_delay_seconds=(2, 10, 30))

@@ -1,0 +1,117 @@
+"""Step 4, around the data: collection options before the copy, indexes and views after it."""
+from __future__ import annotations
+
+import logging
+
+from pydantic import BaseModel
+from pymongo.errors import CollectionInvalid, OperationFailure
+
+from blocks.mongo import open_client
+from blocks.spec import MigrationSpec
+from tasks.common import step
+from tasks.namespaces import CollectionPlan, NamespaceMapper
+
+log = logging.getLogger("mongo_migrate.schema")
+
+# listCollections options that `create` does not take back, or that 6.0+ refuses outside `local`
+_NOT_CREATE_OPTIONS = {"autoIndexId", "uuid"}
+NAMESPACE_EXISTS = 48
+
+
+def create_options(plan: CollectionPlan) -> dict:
+    opts = {k: v for k, v in plan.options.items() if k not in _NOT_CREATE_OPTIONS}
+    ts = opts.get("timeseries")
+    if ts and "granularity" in ts:
+        # the server derives bucketMaxSpanSeconds from granularity and rejects it given alongside
+        opts["timeseries"] = {k: v for k, v in ts.items() if k != "bucketMaxSpanSeconds"}
+    return opts
+
+
+def create_target_collection(spec: MigrationSpec, plan: CollectionPlan) -> str:
+    """Create the target collection with the source's options (capped, collation, validator, ...).
+
+    Returns "created" or "exists". An existing target is left as it is: the precheck has already
+    made sure it is empty or belongs to a resumed run of this spec.
+    """
+    db = open_client(spec.destination.resolve())[plan.target_db]
+    try:
+        db.command("create", plan.target_name, **create_options(plan))
+        return "created"
+    except (CollectionInvalid, OperationFailure) as exc:
+        if getattr(exc, "code", None) == NAMESPACE_EXISTS:
+            return "exists"
+        raise
+
+
+class IndexResult(BaseModel):
+    target_ns: str
+    built: list[str]
+
+
+def index_specs(spec: MigrationSpec, plan: CollectionPlan) -> list[dict]:
+    """The source's index specs as createIndexes takes them (the _id and clustered index excluded)."""
+    src = open_client(spec.source.resolve())[plan.source_db][plan.source_name]
+    specs = []
+    for ix in src.list_indexes():
+        if ix["name"] == "_id_" or ix.get("clustered"):
+            continue
+        specs.append({k: v for k, v in ix.items() if k != "ns"})
+    return specs
+
+
+def build_indexes(spec: MigrationSpec, plan: CollectionPlan) -> IndexResult:
+    """Build every secondary index of the source on the target, in one createIndexes (one scan)."""
+    specs = index_specs(spec, plan)
+    if specs:
+        db = open_client(spec.destination.resolve())[plan.target_db]
+        # createIndexes is idempotent for identical specs, so a retried build is harmless
+        db.command("createIndexes", plan.target_name, indexes=specs)
+    return IndexResult(target_ns=plan.target_ns, built=[s["name"] for s in specs])
+
+
+def view_creation_order(views: list[CollectionPlan]) -> list[CollectionPlan]:
+    """Views on views are created after the views they read from."""
+    by_ns = {v.source_ns: v for v in views}
+    ordered: list[CollectionPlan] = []
+    done: set[str] = set()
+
+    def visit(v: CollectionPlan, path: tuple[str, ...] = ()) -> None:
+        if v.source_ns in done or v.source_ns in path:
+            return
+        parent = by_ns.get(f"{v.source_db}.{v.options.get('viewOn')}")
+        if parent:
+            visit(parent, path + (v.source_ns,))
+        done.add(v.source_ns)
+        ordered.append(v)
+
+    for v in views:
+        visit(v)
+    return ordered
+
+
+def create_views(spec: MigrationSpec, views: list[CollectionPlan]) -> list[str]:
+    """Create the selected views on the destination, reading from the mapped collection names."""
+    mapper = NamespaceMapper(spec)
+    client = open_client(spec.destination.resolve())
+    created = []
+    for view in view_creation_order(views):
+        opts = dict(view.options)
+        on_db, on_name = mapper.target(view.source_db, opts["viewOn"])
+        if on_db == view.target_db:
+            opts["viewOn"] = on_name
+        else:
+            # a view reads from its own database; the precheck warns about this mapping
+            log.warning("view %s reads %s, which is mapped to another database", view.source_ns,
+                        opts["viewOn"])
+        try:
+            client[view.target_db].command("create", view.target_name, **opts)
+        except OperationFailure as exc:
+            if exc.code != NAMESPACE_EXISTS:
+                raise
+        created.append(view.target_ns)
+    return created
+
+
+create_target_collection_task = step(create_target_collection)
+build_indexes_task = step(build_indexes)
+create_views_task = step(create_views)

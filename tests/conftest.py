@@ -1,0 +1,146 @@
+"""Real mongods and a real (temporary) Prefect server for the whole suite."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# the heartbeat thread costs about a second per flow run in tests
+os.environ.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
+
+import pytest  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
+
+from blocks.mongo import close_clients  # noqa: E402
+from blocks.spec import META_DATABASE, parse_spec  # noqa: E402
+from sandbox.mongod import Mongod  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+KEEP = {"admin", "local", "config"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """One temporary Prefect server (SQLite) for the session; yields its API URL."""
+    from prefect.settings import get_current_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield get_current_settings().api.url
+
+
+def _drop_user_databases(m: Mongod) -> None:
+    with m.client() as c:
+        for name in c.list_database_names():
+            if name not in KEEP:
+                c.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def source_server(tmp_path_factory):
+    m = Mongod(tmp_path_factory.mktemp("source"), replset="src").start()
+    yield m
+    m.destroy()
+
+
+@pytest.fixture(scope="session")
+def dest_server(tmp_path_factory):
+    m = Mongod(tmp_path_factory.mktemp("dest"), replset="dst").start()
+    yield m
+    m.destroy()
+
+
+@pytest.fixture
+def source(source_server):
+    """The source replica set, emptied after the test."""
+    yield source_server
+    close_clients()
+    if source_server.proc is None:  # a test stopped it
+        source_server.start()
+    _drop_user_databases(source_server)
+
+
+@pytest.fixture
+def dest(dest_server):
+    """The destination replica set, emptied after the test."""
+    yield dest_server
+    close_clients()
+    if dest_server.proc is None:
+        dest_server.start()
+    _drop_user_databases(dest_server)
+
+
+@pytest.fixture
+def src_client(source) -> MongoClient:
+    with source.client() as c:
+        yield c
+
+
+@pytest.fixture
+def dst_client(dest) -> MongoClient:
+    with dest.client() as c:
+        yield c
+
+
+def make_spec(source: Mongod, dest: Mongod, **fields):
+    data = {"source": {"uri": source.admin_uri()}, "destination": {"uri": dest.admin_uri()}}
+    data.update(fields)
+    return parse_spec(data)
+
+
+@pytest.fixture
+def spec_for(source, dest):
+    """spec_for(objects=[...], name_mapping={...}, ...) -> MigrationSpec between the test mongods."""
+    return lambda **fields: make_spec(source, dest, **fields)
+
+
+@pytest.fixture
+def run_cli(prefect_api):
+    """Run the real `mongo-migrate` command against the session's Prefect server."""
+
+    def run(*args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+            timeout=timeout, env=full_env, cwd=ROOT,
+        )
+
+    return run
+
+
+def user_collections(client: MongoClient, db: str) -> list[str]:
+    return sorted(n for n in client[db].list_collection_names() if not n.startswith("system."))
+
+
+def raw_documents(client: MongoClient, db: str, coll: str) -> list[bytes]:
+    """Every document's exact bytes, in _id order."""
+    from tasks.common import RAW
+
+    c = client[db].get_collection(coll, codec_options=RAW)
+    return [d.raw for d in c.find({}, sort=[("_id", 1)])]
+
+
+def assert_same_documents(src: MongoClient, dst: MongoClient, src_ns: str, dst_ns: str | None = None):
+    sdb, _, scoll = src_ns.partition(".")
+    ddb, _, dcoll = (dst_ns or src_ns).partition(".")
+    a, b = raw_documents(src, sdb, scoll), raw_documents(dst, ddb, dcoll)
+    assert len(a) == len(b), f"{src_ns}: {len(a)} source documents, {len(b)} on the destination"
+    assert sorted(a) == sorted(b), f"{src_ns}: documents differ in their bytes"
+
+
+def index_specs(client: MongoClient, ns: str) -> dict[str, dict]:
+    db, _, coll = ns.partition(".")
+    return {ix["name"]: {k: v for k, v in ix.items() if k != "ns"} for ix in client[db][coll].list_indexes()}
+
+
+def collection_options(client: MongoClient, ns: str) -> dict:
+    db, _, coll = ns.partition(".")
+    info = next(client[db].list_collections(filter={"name": coll}))
+    return info.get("options", {})
+
+
+__all__ = ["META_DATABASE", "assert_same_documents", "collection_options", "index_specs", "make_spec",
+           "raw_documents", "user_collections", "DATA", "ROOT"]
