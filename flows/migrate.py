@@ -59,6 +59,7 @@ class MigrationSummary(BaseModel):
     bytes: int
     seconds: float
     copy_seconds: float
+    index_seconds: float
     counts_match: bool
 
     @property
@@ -127,13 +128,15 @@ def migrate(spec: MigrationSpec) -> MigrationSummary:
     stats = copy_flow(spec, data_plans)
     copy_seconds = time.monotonic() - copy_started
 
+    index_started = time.monotonic()
     index_futures = build_indexes_task.map(unmapped(spec), data_plans)
     views = create_views_task(spec, plan.views)
     indexes = {f.result().target_ns: len(f.result().built) for f in index_futures}
+    index_seconds = time.monotonic() - index_started
     counts: list[CountCheck] = [f.result() for f in count_check_task.map(unmapped(spec), data_plans)]
 
     summary = summarize(spec, run.resumed, data_plans, stats, counts, indexes, views,
-                        time.monotonic() - started, copy_seconds)
+                        time.monotonic() - started, copy_seconds, index_seconds)
     create_markdown_artifact(key="migration-summary", markdown=summary_markdown(summary),
                              description="What was migrated")
     if not summary.counts_match:
@@ -144,7 +147,7 @@ def migrate(spec: MigrationSpec) -> MigrationSummary:
     return summary
 
 
-def summarize(spec, resumed, plans, stats, counts, indexes, views, seconds, copy_seconds):
+def summarize(spec, resumed, plans, stats, counts, indexes, views, seconds, copy_seconds, index_seconds):
     by_ns: dict[str, list[CopyStats]] = {}
     for s in stats:
         by_ns.setdefault(s.source_ns, []).append(s)
@@ -164,6 +167,7 @@ def summarize(spec, resumed, plans, stats, counts, indexes, views, seconds, copy
         resumed=resumed, collections=rows, views=views,
         docs=sum(r.copied_docs for r in rows), bytes=sum(r.bytes for r in rows),
         seconds=round(seconds, 3), copy_seconds=round(copy_seconds, 3),
+        index_seconds=round(index_seconds, 3),
         counts_match=all(c.equal for c in counts),
     )
 

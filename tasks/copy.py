@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 
-import bson
 from pydantic import BaseModel
 from pymongo import ASCENDING, CursorType
 from pymongo.collection import Collection
@@ -107,7 +106,7 @@ def split_collection(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRang
     ]
 
 
-def _prefetch(batches: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+def _prefetch(batches: Iterable[list], depth: int = 2) -> Iterator[list]:
     """Read the next batches in a thread while the current one is written."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -177,31 +176,25 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     lower = from_ejson(state["resume_from"]) if state.get("resume_from") else (
         from_ejson(rng.lower_ejson) if rng.lower_ejson else None
     )
-    cursor = source.find_raw_batches(
-        {}, batch_size=spec.copy_options.batch_docs, cursor_type=CursorType.EXHAUST
-    )
+    batch_docs = spec.copy_options.batch_docs
     if _splittable(plan):
         # walk the _id index so that ranges and checkpoints follow one order
+        cursor = source.find({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
         cursor = cursor.hint([("_id", ASCENDING)])
         if lower is not None:
             cursor = cursor.min(list(lower.items()))
         if rng.upper_ejson:
             cursor = cursor.max(list(from_ejson(rng.upper_ejson).items()))
-    elif lower is not None:
+    else:
         # clustered collections are stored in _id order
-        cursor = source.find_raw_batches(
-            {"_id": {"$gte": lower["_id"]}}, batch_size=spec.copy_options.batch_docs,
-            sort=[("_id", ASCENDING)],
-        )
+        query = {} if lower is None else {"_id": {"$gte": lower["_id"]}}
+        cursor = source.find(query, batch_size=batch_docs, sort=[("_id", ASCENDING)])
     docs_before, bytes_before = state.get("docs", 0), state.get("bytes", 0)
     last_checkpoint = time.monotonic()
-    for raw in _prefetch(cursor):
-        docs = bson.decode_all(raw, RAW)
-        if not docs:
-            continue
+    for docs in _prefetch(iter(lambda: cursor.to_list(batch_docs), [])):
         # count what was inserted: after a resume, documents already there are not counted twice
         stats.docs += insert_raw_batch(target, docs, plan.target_ns)
-        stats.bytes += len(raw)
+        stats.bytes += sum(len(d.raw) for d in docs)
         if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
             units.update_one({"_id": key}, {"$set": {
                 "resume_from": to_ejson({"_id": docs[-1]["_id"]}),
