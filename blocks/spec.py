@@ -8,11 +8,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from blocks.mongo import MongoConnection, MongoEndpoint
+
+if TYPE_CHECKING:
+    from blocks.slack import SlackNotifier
 
 SYSTEM_DATABASES = ("admin", "local", "config")
 # the destination database where the migration keeps its own state (see README, "State")
@@ -151,6 +154,50 @@ class CopyOptions(BaseModel):
     )
 
 
+class SlackSettings(BaseModel):
+    """Where Slack messages go: an incoming-webhook URL, or a saved SlackNotifier block."""
+
+    model_config = ConfigDict(extra="forbid")
+    webhook_url: SecretStr | None = Field(
+        None, title="Incoming-webhook URL",
+        description="https://hooks.slack.com/services/... (a secret: masked in stored flow parameters). "
+        "Every event is sent; use a SlackNotifier block to choose events or to post with a bot token.",
+    )
+    block: str | None = Field(
+        None, title="SlackNotifier block",
+        description="Name of a saved SlackNotifier block (webhook or bot token, events to send).",
+    )
+
+    @model_validator(mode="after")
+    def _webhook_or_block(self) -> "SlackSettings":
+        if (self.webhook_url is None) == (self.block is None):
+            raise ValueError("give either webhook_url or block")
+        url = self.webhook_url.get_secret_value() if self.webhook_url is not None else ""
+        if self.webhook_url is not None and not url.startswith(("https://", "http://")):
+            raise ValueError("webhook_url must be an http(s) URL")
+        return self
+
+    def resolve(self) -> "SlackNotifier":
+        from blocks.slack import SlackNotifier
+
+        if self.block:
+            try:
+                return SlackNotifier.load(self.block)
+            except ValueError as exc:
+                raise SpecError(f"SlackNotifier block {self.block!r} not found: save it first") from exc
+        return SlackNotifier(webhook_url=self.webhook_url)
+
+
+class Notifications(BaseModel):
+    """Who hears about the migration."""
+
+    model_config = ConfigDict(extra="forbid")
+    slack: SlackSettings | None = Field(
+        None, title="Slack",
+        description="Precheck failed (always), migration failed, ready for cutover, finished.",
+    )
+
+
 class MigrationSpec(BaseModel):
     """What to migrate, from where to where."""
 
@@ -173,6 +220,10 @@ class MigrationSpec(BaseModel):
         examples=[{"shop": "shop_v2", "crm.customers": "sales.clients"}],
     )
     copy_options: CopyOptions = Field(default_factory=CopyOptions, title="Copy options")
+    notifications: Notifications = Field(
+        default_factory=Notifications, title="Notifications",
+        description="Slack messages about the migration.",
+    )
 
     @field_validator("migration_types")
     @classmethod
