@@ -120,7 +120,7 @@ def raw_documents(client: MongoClient, db: str, coll: str) -> list[bytes]:
     from tasks.common import RAW
 
     c = client[db].get_collection(coll, codec_options=RAW)
-    return [d.raw for d in c.find({}, sort=[("_id", 1)])]
+    return [bytes(d.raw) for d in c.find({}, sort=[("_id", 1)])]  # .raw may be a memoryview
 
 
 def assert_same_documents(src: MongoClient, dst: MongoClient, src_ns: str, dst_ns: str | None = None):
@@ -142,5 +142,22 @@ def collection_options(client: MongoClient, ns: str) -> dict:
     return info.get("options", {})
 
 
-__all__ = ["META_DATABASE", "assert_same_documents", "collection_options", "index_specs", "make_spec",
-           "raw_documents", "user_collections", "DATA", "ROOT"]
+def load_bson(relative: str) -> list:
+    """The documents of a .bson file under tests/data, as RawBSONDocuments over the file's bytes."""
+    import bson
+
+    from tasks.common import RAW
+
+    return bson.decode_all((DATA / relative).read_bytes(), RAW)
+
+
+def insert_raw(client: MongoClient, ns: str, docs: list) -> None:
+    """Insert documents as given (raw BSON or dicts); RawBSONDocuments are written byte for byte."""
+    from tasks.common import RAW
+
+    db, _, coll = ns.partition(".")
+    client[db].get_collection(coll, codec_options=RAW).insert_many(docs)
+
+
+__all__ = ["META_DATABASE", "assert_same_documents", "collection_options", "index_specs", "insert_raw",
+           "load_bson", "make_spec", "raw_documents", "user_collections", "DATA", "ROOT"]
