@@ -54,15 +54,27 @@ class MongoConnection(BaseModel):
         "password field so it is never shown or stored with the URI.",
         examples=["mongodb://db1.example.com:27017/?replicaSet=rs0"],
     )
-    username: str | None = Field(None, title="Username")
-    password: SecretStr | None = Field(None, title="Password")
-    auth_source: str | None = Field(None, title="Authentication database", examples=["admin"])
-    tls: bool | None = Field(None, title="Use TLS")
+    username: str | None = Field(
+        None, title="Username", description="User to authenticate as (or written in the URI)."
+    )
+    password: SecretStr | None = Field(
+        None, title="Password",
+        description="Kept secret. Prefer a MongoEndpoint block or password_env over typing it in a run form.",
+    )
+    auth_source: str | None = Field(
+        None, title="Authentication database",
+        description="Database holding the user (authSource); None: as the URI says, else admin.",
+        examples=["admin"],
+    )
+    tls: bool | None = Field(None, title="Use TLS", description="None: as the URI says (on for mongodb+srv).")
     tls_ca_file: str | None = Field(None, title="TLS CA file", description="Path to a PEM CA bundle.")
     tls_certificate_key_file: str | None = Field(
         None, title="TLS client certificate", description="Path to a PEM file with certificate and key."
     )
-    tls_allow_invalid_hostnames: bool = Field(False, title="Allow TLS host name mismatch")
+    tls_allow_invalid_hostnames: bool = Field(
+        False, title="Allow TLS host name mismatch",
+        description="Accept a server certificate whose name differs from the host (testing only).",
+    )
     timeout_s: float = Field(
         10.0, gt=0, le=600, title="Connect timeout (s)",
         description="How long to wait for the server to answer before giving up.",

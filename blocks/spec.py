@@ -101,7 +101,7 @@ class ObjectSelection(BaseModel):
     """A database to migrate, whole or some of its collections."""
 
     model_config = ConfigDict(extra="forbid")
-    database: str = Field(title="Database")
+    database: str = Field(title="Database", description="Name of a source database.")
     collections: list[str] | None = Field(
         None, title="Collections", description="Only these collections (and views); all when omitted."
     )
@@ -142,8 +142,14 @@ class CopyOptions(BaseModel):
         4, ge=1, le=64, title="Parallel copy workers",
         description="Collections (or ranges of big ones) copied at the same time.",
     )
-    batch_docs: int = Field(2000, ge=1, le=100_000, title="Documents per insert batch")
-    batch_mb: float = Field(8.0, gt=0, le=48, title="Megabytes per insert batch")
+    batch_docs: int = Field(
+        2000, ge=1, le=100_000, title="Documents per insert batch",
+        description="Most documents read and inserted in one batch.",
+    )
+    batch_mb: float = Field(
+        8.0, gt=0, le=48, title="Megabytes per insert batch",
+        description="Most megabytes read and inserted in one batch.",
+    )
     range_docs: int = Field(
         250_000, ge=1000, title="Documents per copy range",
         description="Collections larger than this are split into _id ranges copied in parallel.",
@@ -216,10 +222,14 @@ class MigrationSpec(BaseModel):
     )
     name_mapping: dict[str, str] = Field(
         default_factory=dict, title="Name mapping",
-        description="Rename on the destination: 'db: new_db' or 'db.coll: other_db.new_coll'.",
+        description="Rename on the destination, as JSON: {\"db\": \"new_db\", "
+        "\"db.coll\": \"other_db.new_coll\"}.",
         examples=[{"shop": "shop_v2", "crm.customers": "sales.clients"}],
     )
-    copy_options: CopyOptions = Field(default_factory=CopyOptions, title="Copy options")
+    copy_options: CopyOptions = Field(
+        default_factory=CopyOptions, title="Copy options",
+        description="Tuning of the full copy; the defaults suit most deployments.",
+    )
     notifications: Notifications = Field(
         default_factory=Notifications, title="Notifications",
         description="Slack messages about the migration.",
