@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install install-test test demo bench clean
+.PHONY: install install-test test demo bench clean serve deploy browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,22 @@ install: $(VENV)/.installed  ## .venv with the mongo-migrate CLI
 
 install-test: $(VENV)/.installed-test
 
-test: install-test  ## the whole suite, against real mongods
+test: install-test browser  ## the whole suite, against real mongods
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install-test  ## local source and destination mongods, sample data, a migration
 	$(BIN)/mongo-migrate demo
+
+# the UI tests drive Debian's chromium; installed once (apt-get, as root) when missing
+browser:
+	@sh tests/ensure_chromium.sh
+
+SERVE_PORT ?= 4200
+serve: install  ## Prefect server + UI on SERVE_PORT, a worker, the blocks and deployments
+	$(BIN)/python -m deployments.serve --port $(SERVE_PORT)
+
+deploy: install  ## blocks and deployments on the server PREFECT_API_URL names
+	$(BIN)/python -m deployments.deploy $(DEPLOY_ARGS)
 
 bench: install-test
 	$(BIN)/python bench/full_copy.py
