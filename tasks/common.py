@@ -4,15 +4,16 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from bson import json_util
-from bson.codec_options import CodecOptions
+from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.json_util import JSONOptions, JSONMode
 from bson.raw_bson import RawBSONDocument
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-# documents travel as raw bytes: never decoded, never re-encoded
-RAW = CodecOptions(document_class=RawBSONDocument)
-_CANONICAL = JSONOptions(json_mode=JSONMode.CANONICAL)
+# documents travel as raw bytes: never decoded, never re-encoded. A value that is decoded (an _id)
+# keeps dates outside datetime's years 1-9999 as DatetimeMS instead of failing
+RAW = CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+_CANONICAL = JSONOptions(json_mode=JSONMode.CANONICAL, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 
 def to_ejson(value: Any) -> str:
@@ -21,7 +22,7 @@ def to_ejson(value: Any) -> str:
 
 
 def from_ejson(text: str) -> Any:
-    return json_util.loads(text)
+    return json_util.loads(text, json_options=_CANONICAL)
 
 
 def step(fn: Callable | None = None, *, retries: int = 2, retry_delay_seconds: Any = (1, 5, 15), **kw):

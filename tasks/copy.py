@@ -8,6 +8,7 @@ already written) is not an error, so a retry neither loses nor duplicates docume
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 
+from bson import MaxKey
 from pydantic import BaseModel
 from pymongo import ASCENDING, CursorType
 from pymongo.collection import Collection
@@ -66,9 +68,14 @@ class CopyStats(BaseModel):
     already_done: bool = False
 
 
+def _capped(plan: CollectionPlan) -> bool:
+    return bool(plan.options.get("capped"))
+
+
 def _splittable(plan: CollectionPlan) -> bool:
-    # clustered collections (time-series buckets included) have no separate _id index to bound
-    return plan.kind == "collection" and "clusteredIndex" not in plan.options
+    # clustered collections (time-series buckets included) have no separate _id index to bound;
+    # a capped collection is copied whole, in insertion order (see copy_collection_range)
+    return plan.kind == "collection" and "clusteredIndex" not in plan.options and not _capped(plan)
 
 
 def split_collection(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRange]:
@@ -84,7 +91,8 @@ def split_collection(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRang
         return [CopyRange(plan=plan, estimated_docs=estimated)]
     wanted = math.ceil(estimated / per_range)
     sample_size = min(wanted * 20, 20_000)
-    ids = [d["_id"] for d in coll.aggregate(
+    # RAW decodes _id values any date can hold (years past 9999 too)
+    ids = [d["_id"] for d in coll.with_options(codec_options=RAW).aggregate(
         [{"$sample": {"size": sample_size}}, {"$project": {"_id": 1}}, {"$sort": {"_id": 1}}],
         allowDiskUse=True,
     )]
@@ -141,6 +149,17 @@ def _prefetch(batches: Iterable[list], depth: int = 2) -> Iterator[list]:
                 t.join(0.05)
 
 
+def _already_there(error: dict) -> bool:
+    """A duplicate `_id`: the document was written by an earlier attempt. A duplicate on another
+    unique index is a refused document, not one that is already there."""
+    if error.get("code") != DUPLICATE_KEY:
+        return False
+    key_pattern = error.get("keyPattern")
+    if key_pattern is not None:
+        return list(key_pattern) == ["_id"]
+    return " index: _id_ " in error.get("errmsg", "")
+
+
 def insert_raw_batch(target: Collection, docs: list, target_ns: str) -> int:
     """Insert raw documents unordered; documents already there are not an error. Returns inserted."""
     try:
@@ -148,7 +167,7 @@ def insert_raw_batch(target: Collection, docs: list, target_ns: str) -> int:
         return len(docs)
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
-        refused = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        refused = [e for e in errors if not _already_there(e)]
         if refused:
             first = refused[0]
             doc_id = docs[first["index"]]["_id"] if "index" in first else None
@@ -176,28 +195,38 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     lower = from_ejson(state["resume_from"]) if state.get("resume_from") else (
         from_ejson(rng.lower_ejson) if rng.lower_ejson else None
     )
+    upper = from_ejson(rng.upper_ejson) if rng.upper_ejson else None
     batch_docs = spec.copy_options.batch_docs
-    if _splittable(plan):
-        # walk the _id index so that ranges and checkpoints follow one order
+    capped = _capped(plan)
+    if capped:
+        # insertion (natural) order is part of a capped collection's data; a retry starts again
+        # from the first document and skips those already there
+        lower = None
+        cursor = source.find({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
+    else:
+        # walk the _id index (the clustered one too) with index bounds: min/max follow BSON order
+        # across types, where a {$gte: ...} query would only match the bound's own type
         cursor = source.find({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
         cursor = cursor.hint([("_id", ASCENDING)])
         if lower is not None:
             cursor = cursor.min(list(lower.items()))
-        if rng.upper_ejson:
-            cursor = cursor.max(list(from_ejson(rng.upper_ejson).items()))
-    else:
-        # clustered collections are stored in _id order
-        query = {} if lower is None else {"_id": {"$gte": lower["_id"]}}
-        cursor = source.find(query, batch_size=batch_docs, sort=[("_id", ASCENDING)])
+        if upper is not None:
+            cursor = cursor.max(list(upper.items()))
+    batches: Iterable[list] = iter(lambda: cursor.to_list(batch_docs), [])
+    if lower is not None and upper is None:
+        # an index scan from `min` with no `max` stops before an _id of MaxKey (seen on 6.0)
+        batches = itertools.chain(batches, (source.find({"_id": MaxKey()}).to_list() for _ in (1,)))
     docs_before, bytes_before = state.get("docs", 0), state.get("bytes", 0)
     last_checkpoint = time.monotonic()
-    for docs in _prefetch(iter(lambda: cursor.to_list(batch_docs), [])):
+    for docs in _prefetch(batches):
+        if not docs:
+            continue
         # count what was inserted: after a resume, documents already there are not counted twice
         stats.docs += insert_raw_batch(target, docs, plan.target_ns)
         stats.bytes += sum(len(d.raw) for d in docs)
         if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
             units.update_one({"_id": key}, {"$set": {
-                "resume_from": to_ejson({"_id": docs[-1]["_id"]}),
+                "resume_from": None if capped else to_ejson({"_id": docs[-1]["_id"]}),
                 "docs": docs_before + stats.docs, "bytes": bytes_before + stats.bytes,
                 "updated": datetime.now(timezone.utc),
             }}, upsert=True)
@@ -214,5 +243,12 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     return stats
 
 
+def _worth_retrying(task, task_run, state) -> bool:
+    """A document the destination refused is refused again on retry: fail at once, saying which.
+    Any other failure (network, failover, timeout) may be transient and is retried."""
+    return not isinstance(state.data, DocumentWriteError)
+
+
 split_collection_task = step(split_collection)
-copy_collection_range_task = step(copy_collection_range, retries=3, retry_delay_seconds=(2, 10, 30))
+copy_collection_range_task = step(copy_collection_range, retries=3, retry_delay_seconds=(2, 10, 30),
+                                  retry_condition_fn=_worth_retrying)
