@@ -11,6 +11,7 @@ import threading
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from bson.raw_bson import RawBSONDocument
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pymongo import MongoClient
@@ -150,17 +151,19 @@ _clients: dict[str, MongoClient] = {}
 _clients_lock = threading.Lock()
 
 
-def open_client(conn: MongoConnection) -> MongoClient:
+def open_client(conn: MongoConnection, *, raw: bool = False) -> MongoClient:
     """A pooled client for this connection, shared by every task in this process.
 
     MongoClient is thread-safe and expensive to create, so tasks ask for it by settings instead of
-    receiving one as an argument.
+    receiving one as an argument. `raw=True` gives a client whose every result (change events
+    included, which have no per-call codec option) decodes as RawBSONDocument.
     """
-    key = conn.cache_key()
+    key = conn.cache_key() + (":raw" if raw else "")
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = MongoClient(conn.uri, **conn.client_kwargs())
+            extra = {"document_class": RawBSONDocument} if raw else {}
+            client = MongoClient(conn.uri, **conn.client_kwargs(), **extra)
             _clients[key] = client
         return client
 

@@ -160,6 +160,46 @@ class CopyOptions(BaseModel):
     )
 
 
+class IncrementalOptions(BaseModel):
+    """The incremental sync after the full copy, and the cutover; the defaults suit most deployments."""
+
+    model_config = ConfigDict(extra="forbid")
+    ready_delay_s: float = Field(
+        2.0, gt=0, le=3600, title="Ready-for-cutover delay (s)",
+        description="At or under this delay the destination counts as not delayed: the run says "
+        "'ready for cutover' and waits for approval.",
+    )
+    approval_timeout_s: int = Field(
+        7 * 24 * 3600, ge=1, title="Approval timeout (s)",
+        description="How long to wait for cutover approval (default 7 days); then the run ends with "
+        "the sync state saved, and running the spec again continues the sync.",
+    )
+    checkpoint_interval_s: float = Field(
+        5.0, gt=0, le=600, title="Checkpoint interval (s)",
+        description="How often the position of the last applied change is saved on the destination; "
+        "a restarted run replays at most this much.",
+    )
+    apply_workers: int = Field(
+        4, ge=1, le=64, title="Parallel apply workers",
+        description="Writes of one batch applied at the same time (each document keeps its order).",
+    )
+    batch_events: int = Field(
+        5000, ge=1, le=100_000, title="Changes per batch",
+        description="Most change events read before their writes are applied in one round.",
+    )
+    block_source_writes_at_cutover: bool = Field(
+        False, title="Block source writes at cutover",
+        description="After approval, block user writes on the source (setUserWriteBlockMode; the "
+        "account needs the privilege) so that nothing is written after the drain. Otherwise stop "
+        "the application's writes yourself when you approve.",
+    )
+    verify_sample_docs: int = Field(
+        100, ge=0, le=100_000, title="Documents compared per collection at cutover",
+        description="Besides the counts, this many random documents per collection are compared "
+        "byte for byte after the drain.",
+    )
+
+
 class SlackSettings(BaseModel):
     """Where Slack messages go: an incoming-webhook URL, or a saved SlackNotifier block."""
 
@@ -229,6 +269,11 @@ class MigrationSpec(BaseModel):
     copy_options: CopyOptions = Field(
         default_factory=CopyOptions, title="Copy options",
         description="Tuning of the full copy; the defaults suit most deployments.",
+    )
+    incremental_options: IncrementalOptions = Field(
+        default_factory=IncrementalOptions, title="Incremental sync and cutover",
+        description="Used when migration_types has incremental: delay threshold, approval timeout, "
+        "checkpoints, parallelism, write blocking at cutover.",
     )
     notifications: Notifications = Field(
         default_factory=Notifications, title="Notifications",
