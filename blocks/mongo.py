@@ -162,7 +162,8 @@ def open_client(conn: MongoConnection, *, raw: bool = False) -> MongoClient:
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            extra = {"document_class": RawBSONDocument} if raw else {}
+            # as tasks.common.RAW: dates outside years 1-9999 decode as DatetimeMS, not an error
+            extra = {"document_class": RawBSONDocument, "datetime_conversion": "DATETIME_AUTO"} if raw else {}
             client = MongoClient(conn.uri, **conn.client_kwargs(), **extra)
             _clients[key] = client
         return client
