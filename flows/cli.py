@@ -1,6 +1,7 @@
-"""`mongo-migrate`: run, precheck and demo from a terminal.
+"""`mongo-migrate`: run, precheck, verify and demo from a terminal.
 
-Exit codes: 0 success, 1 the migration failed, 2 bad input or a failed precheck.
+Exit codes: 0 success, 1 the migration failed, 2 bad input or a failed precheck, 3 verify found
+differences.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from typing import Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_DIFFERENT = 3  # `verify`: the destination is not equal to the source
 
 
 def _quiet_tracebacks() -> None:
@@ -44,11 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mongo-migrate", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("run", "precheck, then migrate"), ("precheck", "only the precheck")):
+    for name, help_ in (("run", "precheck, then migrate"), ("precheck", "only the precheck"),
+                        ("verify", "compare the destination with the source")):
         c = sub.add_parser(name, help=help_)
         c.add_argument("spec", help="migration spec, YAML or JSON")
         c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         c.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub.choices["verify"].add_argument(
+        "--recheck-delay", type=float, default=None, metavar="SECONDS",
+        help="wait this long before reading differing ranges again (default 5)")
     d = sub.add_parser("demo", help="migrate sample data between two local mongods")
     d.add_argument("--dir", default=".demo", help="where the demo keeps its mongods and Prefect data")
     d.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -101,6 +107,8 @@ def _run(args) -> int:
 
     if not args.debug:
         _quiet_tracebacks()
+    if args.command == "verify":
+        return _verify(spec, args)
     from flows.migrate import PrecheckFailed, migrate, precheck
 
     try:
@@ -148,11 +156,34 @@ def one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:500]
 
 
+def _verify(spec, args) -> int:
+    from blocks.spec import SpecError
+    from flows.verify import VerificationUnavailable, verification_text, verify_for
+    from tasks.verify import RECHECK_DELAY_S
+
+    delay = RECHECK_DELAY_S if args.recheck_delay is None else args.recheck_delay
+    try:
+        report = verify_for(spec)(spec, recheck_delay_s=delay)
+    except (VerificationUnavailable, SpecError) as exc:
+        _error(f"cannot verify: {exc}")
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if args.debug:
+            raise
+        _error(f"verification failed: {one_line(exc)}")
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"status": "equal" if report.equal else "different", **report.model_dump(mode="json")}))
+    else:
+        print(verification_text(report))
+    return EXIT_OK if report.equal else EXIT_DIFFERENT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("run", "precheck"):
+        if args.command in ("run", "precheck", "verify"):
             return _run(args)
         if args.command == "demo":
             from sandbox.demo import run_demo

@@ -18,7 +18,7 @@ from tasks.namespaces import CollectionPlan, MigrationPlan, plan_namespaces_task
 from tasks.precheck import CheckResult, PrecheckReport, run_prechecks_task
 from tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
 from tasks.state import finish_run_task, start_run_task
-from tasks.verify import CountCheck, count_check_task
+from flows.verify import verify_for
 
 
 class PrecheckFailed(RuntimeError):
@@ -133,16 +133,16 @@ def migrate(spec: MigrationSpec) -> MigrationSummary:
     views = create_views_task(spec, plan.views)
     indexes = {f.result().target_ns: len(f.result().built) for f in index_futures}
     index_seconds = time.monotonic() - index_started
-    counts: list[CountCheck] = [f.result() for f in count_check_task.map(unmapped(spec), data_plans)]
+    # the last step: counts, every document's bytes, options, indexes and views (flows/verify.py)
+    verification = verify_for(spec)(spec, plan)
+    counts = verification.collections
 
     summary = summarize(spec, run.resumed, data_plans, stats, counts, indexes, views,
                         time.monotonic() - started, copy_seconds, index_seconds)
     create_markdown_artifact(key="migration-summary", markdown=summary_markdown(summary),
                              description="What was migrated")
     if not summary.counts_match:
-        bad = [c for c in counts if not c.equal]
-        raise MigrationFailed("document counts differ: " + ", ".join(
-            f"{c.source_ns} {c.source_docs} vs {c.target_ns} {c.target_docs}" for c in bad))
+        raise MigrationFailed("verification found differences: " + verification.describe())
     finish_run_task(spec)
     return summary
 
