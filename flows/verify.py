@@ -5,6 +5,8 @@ artifact with key "verification".
 """
 from __future__ import annotations
 
+import time
+
 from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -22,6 +24,7 @@ class VerificationUnavailable(RuntimeError):
 
 class VerificationReport(BaseModel):
     collections: list[CollectionVerification]
+    seconds: float = 0.0
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -86,8 +89,10 @@ def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
         plan = plan_namespaces_task(spec)
         if plan.missing:
             raise VerificationUnavailable("selected but not on the source: " + ", ".join(plan.missing))
+    started = time.monotonic()
     futures = verify_collection_task.map(unmapped(spec), plan.collections, unmapped(recheck_delay_s))
     report = VerificationReport(collections=[f.result() for f in futures])
+    report.seconds = round(time.monotonic() - started, 3)
     create_table_artifact(
         key="verification", table=verification_table(report),
         description="Verification: " + ("equal" if report.equal else

@@ -1,0 +1,103 @@
+"""Verification benchmark: `mongo-migrate verify` over N documents, peak RSS and docs/s per side.
+
+Starts a source and a destination replica set (real mongods) in a temp dir and writes the same N
+documents of about --doc-bytes each (the same bytes on both sides) into --collections collections,
+then runs `mongo-migrate verify SPEC --json` in a subprocess, sampling its peak RSS (VmHWM) from /proc.
+Both sides are read at the same time, so docs/s per side is N / the verify flow's seconds.
+
+Targets: peak RSS < 300 MB whatever N is, >= 50,000 documents/s per side. Default N is 10 million
+(about 10 GB per side); use --docs 1000000 for a quicker run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from full_copy import batches, peak_rss_mb  # noqa: E402  (bench/ is on sys.path as the script's dir)
+
+from sandbox.mongod import Mongod  # noqa: E402
+from tasks.common import RAW  # noqa: E402
+
+
+def seed_both(clients, colls: list[str], n_per: int, doc_bytes: int, workers: int) -> None:
+    """The same raw batches into both sides, a few at a time (never the whole data set in memory)."""
+    with ThreadPoolExecutor(workers) as pool:
+        for ci, name in enumerate(colls):
+            targets = [c["bench"].get_collection(name, codec_options=RAW) for c in clients]
+            source = batches(n_per, ci * n_per, doc_bytes, 1000)
+            while chunk := list(islice(source, workers)):
+                list(pool.map(lambda job: job[0].insert_many(job[1], ordered=False),
+                              [(t, b) for b in chunk for t in targets]))
+
+
+def run_verify(spec_path: Path, env: dict) -> tuple[dict, float, float, int]:
+    t = time.perf_counter()
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/mongo-migrate"), "verify", str(spec_path), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = 0.0
+
+    def sample() -> None:
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, peak_rss_mb(proc.pid) or 0.0)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    sampler.join()
+    if proc.returncode not in (0, 3):
+        sys.exit(f"verify failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1]), time.perf_counter() - t, peak, proc.returncode
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--docs", type=int, default=10_000_000)
+    ap.add_argument("--collections", type=int, default=4)
+    ap.add_argument("--doc-bytes", type=int, default=1024)
+    ap.add_argument("--workers", type=int, default=4)
+    args = ap.parse_args()
+
+    n_per = args.docs // args.collections
+    colls = [f"c{i}" for i in range(args.collections)]
+    total = n_per * args.collections
+    with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp, \
+            Mongod(Path(tmp) / "src", replset="bsrc") as src, \
+            Mongod(Path(tmp) / "dst", replset="bdst") as dst:
+        sc, dc = src.client(), dst.client()
+        t = time.perf_counter()
+        seed_both([sc, dc], colls, n_per, args.doc_bytes, args.workers)
+        data_mb = sc.bench.command("dbStats")["dataSize"] / 1e6
+        print(f"seeded {total:,} documents ({data_mb:,.0f} MB per side) in {time.perf_counter() - t:.1f}s")
+
+        spec = {"source": {"uri": src.uri()}, "destination": {"uri": dst.uri()},
+                "objects": [{"database": "bench"}], "copy_options": {"parallel_workers": args.workers}}
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(Path(tmp) / "prefect")}
+        env.pop("PREFECT_API_URL", None)
+        report, wall, peak, code = run_verify(spec_path, env)
+        seconds = report["seconds"]
+        checked = sum(c["source_docs"] for c in report["collections"])
+        print(f"verify: {report['status']} (exit {code}), {checked:,} documents per side, "
+              f"{sum(c['ranges'] for c in report['collections'])} ranges")
+        print(f"verify flow {seconds:.1f}s: {checked / seconds:,.0f} docs/s per side "
+              f"({data_mb / seconds:,.0f} MB/s per side); whole command {wall:.1f}s (Prefect start-up included)")
+        print(f"peak RSS {peak:.0f} MB (target < 300); docs/s per side target >= 50,000")
+
+
+if __name__ == "__main__":
+    main()
