@@ -15,6 +15,21 @@ from tasks.common import from_ejson, step, to_ejson
 
 Kind = Literal["collection", "timeseries", "view"]
 
+# collections the server keeps in `config` for sessions, transactions, tenant migrations and sharding:
+# they describe the source cluster itself and must never be written into another one
+SERVER_CONFIG_COLLECTIONS = frozenset({
+    "transactions", "image_collection", "external_validation_keys", "tenantMigrationDonors",
+    "tenantMigrationRecipients", "shardMergeRecipients", "migrationCoordinators", "rangeDeletions",
+    "actionlog", "changelog", "chunks", "collections", "databases", "lockpings", "locks", "migrations",
+    "mongos", "placementHistory", "reshardingOperations", "settings", "shards", "tags", "version",
+    "vectorClock", "compactStructuredEncryptionCoordinator",
+})
+SERVER_CONFIG_PREFIXES = ("cache.", "localReshardingOperations.", "localReshardingConflictStash.")
+
+
+def server_managed(db: str, coll: str) -> bool:
+    return db == "config" and (coll in SERVER_CONFIG_COLLECTIONS or coll.startswith(SERVER_CONFIG_PREFIXES))
+
 
 class NamespaceMapper:
     def __init__(self, spec: MigrationSpec) -> None:
@@ -32,6 +47,8 @@ class NamespaceMapper:
     def selected(self, db: str, coll: str) -> bool:
         if coll.startswith("system."):
             return False  # views, buckets and profiles travel with the objects they belong to
+        if server_managed(db, coll):
+            return False
         if self.select_all:
             return self.database_selected(db)
         return db in self.whole_databases or coll in self.some_collections.get(db, ())
@@ -112,6 +129,8 @@ def plan_namespaces(spec: MigrationSpec) -> MigrationPlan:
         wanted = mapper.some_collections.get(db)
         if wanted:
             missing += [f"{db}.{name}" for name in sorted(wanted) if name not in infos]
+            missing += [f"{db}.{name} (managed by the server, never migrated)" for name in sorted(wanted)
+                        if name in infos and server_managed(db, name)]
         for name in sorted(infos):
             if not mapper.selected(db, name):
                 continue

@@ -51,11 +51,17 @@ class IndexResult(BaseModel):
 def index_specs(spec: MigrationSpec, plan: CollectionPlan) -> list[dict]:
     """The source's index specs as createIndexes takes them (the _id and clustered index excluded)."""
     src = open_client(spec.source.resolve())[plan.source_db][plan.source_name]
+    default_collation = "collation" in plan.options
     specs = []
     for ix in src.list_indexes():
         if ix["name"] == "_id_" or ix.get("clustered"):
             continue
-        specs.append({k: v for k, v in ix.items() if k != "ns"})
+        ix_spec = {k: v for k, v in ix.items() if k != "ns"}
+        if default_collation and "collation" not in ix_spec:
+            # listIndexes leaves out a simple collation; given without one, the index would take the
+            # collection's default instead (and a text or geo index would be refused)
+            ix_spec["collation"] = {"locale": "simple"}
+        specs.append(ix_spec)
     return specs
 
 

@@ -169,3 +169,52 @@ def test_non_ascii_and_dotted_names(src_client, dst_client, spec_for):
     assert_same_documents(src_client, dst_client, "données_δ.café.ünï.コード", "dönnées_2.café.ünï.コード")
     assert_same_documents(src_client, dst_client, "données_δ.a.b.c", "ziel_ß.x.y")
     assert sorted(dst_client["dönnées_2"].list_collection_names()) == ["café.ünï.コード", "cafés"]
+
+
+def test_selection_and_name_mapping(src_client, spec_for):
+    from blocks.spec import SpecError, parse_spec
+
+    for ns in ("shop.orders", "shop.carts", "crm.customers", "crm.leads", "other.x", "config.app_settings",
+               "mongo_migrate_meta.runs"):
+        db, _, coll = ns.partition(".")
+        src_client[db][coll].insert_one({"_id": 1})
+    src_client.shop.create_collection("open_carts", viewOn="carts", pipeline=[])
+    try:
+        def targets(**fields) -> dict[str, str]:
+            return {p.source_ns: p.target_ns for p in plan_namespaces(spec_for(**fields)).collections}
+
+        # nothing named: every database but admin, local, config and the migration's own
+        assert targets() == {n: n for n in ("crm.customers", "crm.leads", "other.x", "shop.carts",
+                                            "shop.open_carts", "shop.orders")}
+        # a database rename and a collection moved to another database, at once; some collections only
+        assert targets(objects=[{"database": "shop"}, {"database": "crm", "collections": ["customers"]}],
+                       name_mapping={"shop": "shop_v2", "shop.orders": "archive.orders_2024",
+                                     "crm.customers": "sales.clients"}) == {
+            "shop.orders": "archive.orders_2024", "shop.carts": "shop_v2.carts",
+            "shop.open_carts": "shop_v2.open_carts", "crm.customers": "sales.clients"}
+        # config only when named, and never the collections the server keeps there
+        whole_config = plan_namespaces(spec_for(objects=[{"database": "config"}]))
+        assert [p.source_ns for p in whole_config.collections] == ["config.app_settings"]
+        assert whole_config.config_selected and not whole_config.missing
+        internal = plan_namespaces(spec_for(objects=[{"database": "config",
+                                                      "collections": ["app_settings", "transactions"]}]))
+        assert [p.source_ns for p in internal.collections] == ["config.app_settings"]
+        assert internal.missing == ["config.transactions (managed by the server, never migrated)"]
+        # names that are not on the source are reported, not skipped silently
+        assert plan_namespaces(spec_for(objects=[{"database": "nosuch"}, {"database": "crm",
+                               "collections": ["customers", "gone"]}])).missing == ["nosuch", "crm.gone"]
+    finally:
+        src_client.config.drop_collection("app_settings")
+        src_client.drop_database("mongo_migrate_meta")
+
+    # the spec refuses admin and local, and mapping into a reserved database, naming the key
+    base = {"source": {"uri": "mongodb://h:1"}, "destination": {"uri": "mongodb://h:2"}}
+    for fields, key, words in (
+        ({"objects": [{"database": "admin"}]}, "objects.0.database", "admin database cannot be migrated"),
+        ({"objects": [{"database": "local"}]}, "objects.0.database", "local database cannot be migrated"),
+        ({"name_mapping": {"shop": "config"}}, "name_mapping", "reserved database 'config'"),
+        ({"name_mapping": {"shop.a": "local.a"}}, "name_mapping", "reserved database 'local'"),
+    ):
+        with pytest.raises(SpecError) as err:
+            parse_spec({**base, **fields})
+        assert f"spec: {key}: " in str(err.value) and words in str(err.value)
