@@ -15,7 +15,8 @@ from flows.progress import PROGRESS_EVERY_S, CopyProgress
 from tasks.connect import check_connectivity_task
 from tasks.copy import CopyStats, copy_collection_range_task, split_collection_task
 from tasks.namespaces import CollectionPlan, MigrationPlan, plan_namespaces_task
-from tasks.precheck import CheckResult, PrecheckReport, run_prechecks_task
+from tasks.notify import flow_run_url, notify_finished, notify_migration_failed, notify_precheck_failed
+from tasks.precheck import CheckResult, PrecheckReport, list_selected_objects_task, run_prechecks
 from tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
 from tasks.state import finish_run_task, start_run_task
 from flows.verify import verify_for
@@ -76,12 +77,17 @@ def precheck(spec: MigrationSpec) -> PrecheckOutcome:
     src_f = check_connectivity_task.submit(spec.source, "source")
     dst_f = check_connectivity_task.submit(spec.destination, "destination")
     source, destination = src_f.result(), dst_f.result()
-    plan = plan_namespaces_task(spec) if source.reachable else None
-    report = run_prechecks_task(spec, source, destination, plan)
+    listing = list_selected_objects_task(spec) if source.reachable else None
+    plan = listing.plan if listing else None
+    # every check item is a task of its own (tasks/precheck.py)
+    report = run_prechecks(spec, source, destination, plan, listing.error if listing else None)
     create_table_artifact(
         key="precheck", table=precheck_table(report),
         description=f"Precheck: {'passed' if report.passed else 'FAILED'}",
     )
+    if not report.passed:
+        # always sent (not switchable); links to the top-level run, the migration when there is one
+        notify_precheck_failed(spec, report, flow_run_url())
     return PrecheckOutcome(report=report, plan=plan)
 
 
@@ -114,6 +120,21 @@ def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStat
 
 @flow(name="migrate", description="Full (and incremental) migration of a MongoDB deployment.")
 def migrate(spec: MigrationSpec) -> MigrationSummary:
+    try:
+        summary = migrate_steps(spec)
+    except PrecheckFailed:
+        raise  # the precheck flow has told Slack already
+    except Exception as exc:
+        # Slack is told, within a bounded time and without ever raising, then the run fails as it would
+        text = str(exc).strip().splitlines()
+        notify_migration_failed(spec, (text[0] if text else type(exc).__name__)[:500], flow_run_url())
+        raise
+    notify_finished(spec, summary, flow_run_url())
+    return summary
+
+
+def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
+    """The migration's steps in order; the `migrate` flow around them tells Slack how it ended."""
     started = time.monotonic()
     outcome = precheck(spec)
     if not outcome.report.passed or outcome.plan is None:
