@@ -172,8 +172,24 @@ def deploy_all(*, pool: str = DEFAULT_POOL, pool_type: str = "process", image: s
     register_blocks()
     ensure_work_pool(pool, pool_type)
     kwargs = {"image": image, "build": False, "push": False} if image else {}
-    return deploy(*deployments, work_pool_name=pool, print_next_steps_message=False,
-                  ignore_warnings=True, **kwargs)
+    ids = deploy(*deployments, work_pool_name=pool, print_next_steps_message=False,
+                 ignore_warnings=True, **kwargs)
+    schedule_upcoming_runs([i for i, d in zip(ids, deployments) if d.schedules])
+    return ids
+
+
+def schedule_upcoming_runs(deployment_ids: list) -> None:
+    """Create the next scheduled runs now, as the server's scheduler would within a minute.
+
+    A changed schedule drops the runs of the old one; this makes the new ones show in the UI (and
+    in `prefect deployment ls`) straight away.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for deployment_id in deployment_ids:
+            client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id},
+                           json={}).raise_for_status()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ still there next time. The UI is at http://127.0.0.1:PORT. Ctrl-C stops the work
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -66,6 +67,24 @@ def wait_for_api(api_url: str, proc: subprocess.Popen, timeout: float = SERVER_S
     raise RuntimeError(f"the Prefect server did not answer at {api_url} within {timeout:.0f}s")
 
 
+def wait_for_worker(api_url: str, pool: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the worker has polled the pool once (then runs submitted to the pool are picked up)."""
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(f"{api_url}/work_pools/{pool}/workers/filter", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as r:
+                if any(w.get("status") == "ONLINE" for w in json.load(r)):
+                    return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the worker did not come online in work pool {pool!r} within {timeout:.0f}s")
+
+
 def _stop(proc: subprocess.Popen | None, timeout: float = 15) -> None:
     """Stop one child we started, with its own children (it leads its own process group)."""
     if proc is None or proc.poll() is not None:
@@ -106,6 +125,7 @@ def serve(port: int, host: str, home: Path, pool: str, deploy_args: Sequence[str
                        env=env, cwd=ROOT, check=True)
         worker = subprocess.Popen([*prefect, "worker", "start", "--pool", pool, "--type", "process"],
                                   env=env, cwd=ROOT, start_new_session=True)
+        wait_for_worker(api, pool, worker)
         print(f"{READY}: UI http://{host}:{port}  API {api}  work pool {pool!r}\n"
               f"  in another shell: export PREFECT_API_URL={api}", flush=True)
         while server.poll() is None and worker.poll() is None:
