@@ -16,7 +16,7 @@ from blocks.mongo import MongoConnection, open_client
 from blocks.spec import EndpointSpec, SpecError
 from tasks.common import step
 
-Cause = Literal["uri", "dns", "refused", "timeout", "auth", "tls", "block", "other"]
+Cause = Literal["uri", "dns", "refused", "timeout", "auth", "tls", "block", "version", "other"]
 
 
 class EndpointInfo(BaseModel):
@@ -43,6 +43,8 @@ def describe_connection_error(exc: Exception, where: str) -> tuple[Cause, str]:
     if isinstance(exc, SpecError):
         return "block", str(exc)
     if isinstance(exc, (InvalidURI, ConfigurationError)):
+        if "wire version" in low:  # a server older (or newer) than this driver speaks to
+            return "version", f"{where}: {text.split(', full error')[0]}"
         if "dns" in low or "srv" in low and "resolve" in low:
             return "dns", f"{where}: the SRV/TXT host name does not resolve; check the host in the URI"
         return "uri", f"{where}: malformed connection settings: {text.split(',')[0]}"
