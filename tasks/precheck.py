@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import bson
 from pydantic import BaseModel
+from bson.codec_options import CodecOptions
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -138,6 +139,10 @@ def check_item(name: str) -> Callable:
                                   "grant the privileges the permissions items list, then rerun")
                 return failed(name, "could not check: " + describe_connection_error(exc, "server")[1],
                               "fix the cause, then rerun the precheck")
+            except Exception as exc:  # noqa: BLE001 - one item's bug must not hide the others
+                log.exception("precheck item %s could not run", name)
+                return failed(name, f"could not check: {type(exc).__name__}: {str(exc)[:200]}",
+                              "rerun with --debug and report it")
         return run
 
     return wrap
@@ -492,18 +497,23 @@ def _missing(privs: Privileges, needs: list[Need]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for action, db, coll in needs:
         if not privs.allows(action, db, coll):
-            ns = f"{db}.{coll}" if coll else db
+            ns = f"{db}.{coll}" if coll else db or "every database"
             if action not in out.setdefault(ns, []):
                 out[ns].append(action)
     return out
+
+
+# the incremental sync follows one change stream over the whole deployment (tasks/changes.py), which
+# needs changeStream and find on {db: "", collection: ""}; the database "" stands for that here
+EVERY_DATABASE = ""
 
 
 def source_needs(spec: MigrationSpec, plan: MigrationPlan) -> list[Need]:
     needs: list[Need] = []
     for db in sorted({p.source_db for p in plan.collections}):
         needs.append(("listCollections", db, None))
-        if spec.incremental:
-            needs += [("changeStream", db, None), ("find", db, None)]
+    if spec.incremental:
+        needs += [("changeStream", EVERY_DATABASE, None), ("find", EVERY_DATABASE, None)]
     for p in plan.data_plans:
         needs += [("find", p.source_db, p.data_collection), ("listIndexes", p.source_db, p.source_name),
                   ("collStats", p.source_db, p.source_name)]
@@ -525,7 +535,8 @@ def _buckets_role_hint(dbs: list[str], actions: list[str]) -> str:
 @check_item(SOURCE_PERMISSIONS)
 def check_source_permissions(spec: MigrationSpec, plan: MigrationPlan) -> CheckResult:
     """Item 5: find (and listCollections, listIndexes, collStats) on every selected collection;
-    for incremental, changeStream on every selected database and read on local.oplog.rs."""
+    for incremental, changeStream and find over every database (the sync's deployment-wide change
+    stream) and read on local.oplog.rs (the oplog window)."""
     name = SOURCE_PERMISSIONS
     privs = read_privileges(spec.source.resolve())
     if not privs.access_control:
@@ -537,8 +548,12 @@ def check_source_permissions(spec: MigrationSpec, plan: MigrationPlan) -> CheckR
     if missing:
         detail = "; ".join(f"{ns}: {', '.join(actions)}" for ns, actions in missing.items())
         read_dbs = sorted({ns.split(".")[0] for ns, a in missing.items()
-                           if ".system.buckets." not in ns and not ns.startswith("local.")})
+                           if ".system.buckets." not in ns and not ns.startswith("local.")
+                           and ns != "every database"})
         roles = [f"{{role: 'read', db: '{db}'}}" for db in read_dbs]
+        if "every database" in missing:
+            # the deployment-wide change stream: only readAnyDatabase (or a custom role) grants it
+            roles.append("'readAnyDatabase'")
         if any(ns.startswith("local.") for ns in missing):
             roles.append("{role: 'read', db: 'local'}")
         remedy = _grant_hint(user, roles) if roles else ""
@@ -547,7 +562,7 @@ def check_source_permissions(spec: MigrationSpec, plan: MigrationPlan) -> CheckR
             remedy = (remedy + "; and " if remedy else "grant ") + _buckets_role_hint(bucket_dbs, ["find"])
         return failed(name, f"{', '.join(privs.users)} lacks {detail}", remedy)
     what = "find on every selected collection" + (
-        ", changeStream on every selected database and read on local.oplog.rs" if spec.incremental else "")
+        ", a change stream over the deployment and read on local.oplog.rs" if spec.incremental else "")
     if not spec.objects and not privs.allows_cluster("listDatabases"):
         return warning(name, f"{', '.join(privs.users)} has {what}, but cannot list every database: "
                        "objects is empty (every database), so only the databases it may read are "
@@ -633,17 +648,18 @@ def check_incremental_prerequisites(spec: MigrationSpec, source: EndpointInfo,
         return failed(name, "the source is a standalone mongod: incremental migration reads its change "
                       "stream, which only replica sets and sharded clusters have",
                       standalone_remedy(spec.source.resolve()))
-    # a change stream can be opened (majority read concern on, privileges): reading, not writing
+    # the change stream opens as the sync opens it (tasks/changes.py: deployment-wide, expanded
+    # events, which need 6.0): privileges, majority read concern and version in one read
     client = open_client(spec.source.resolve())
-    dbs = sorted({p.source_db for p in plan.collections}) if plan else []
-    target = client[dbs[0]] if dbs else client
     try:
-        with target.watch(max_await_time_ms=100) as stream:
+        with client.watch([{"$match": {"operationType": "none"}}], show_expanded_events=True,
+                          max_await_time_ms=100) as stream:
             stream.try_next()
     except OperationFailure as exc:
         msg = (exc.details or {}).get("errmsg", str(exc)).split(" to execute command")[0]
         return failed(name, f"a change stream cannot be opened on the source: {msg}",
-                      "see source permissions; change streams also need majority read concern enabled")
+                      "see source permissions (readAnyDatabase); the sync needs MongoDB 6.0 or later "
+                      "and majority read concern enabled")
     kind = "sharded cluster" if source.topology == "sharded" else f"replica set {source.replica_set}"
     return passed(name, f"{kind}: change streams can be opened")
 
@@ -954,6 +970,10 @@ def large_documents(spec: MigrationSpec, plan: CollectionPlan, limit: int = LARG
     return (out[0]["n"], out[0]["max"]) if out else (0, 0)
 
 
+# field names are what is looked at: a string value that is not valid UTF-8 must not stop the scan
+_LENIENT = CodecOptions(unicode_decode_error_handler="replace")
+
+
 def _bad_field_name(key: str) -> bool:
     return key.startswith("$") and key not in ("$ref", "$id", "$db") or "." in key
 
@@ -977,7 +997,7 @@ def rejected_field_names(spec: MigrationSpec, plan: CollectionPlan, destination_
     coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
     count, names = 0, []
     for raw in coll.find_raw_batches({}):
-        for doc in bson.decode_all(raw):
+        for doc in bson.decode_all(raw, _LENIENT):
             found: list[str] = []
             _walk_names(doc, "", found)
             if found:
@@ -1019,7 +1039,7 @@ def expired_by_ttl(spec: MigrationSpec, plan: CollectionPlan, index: dict, now: 
     if index.get("partialFilterExpression"):
         query = {"$and": [query, index["partialFilterExpression"]]}
     coll = open_client(spec.source.resolve())[plan.source_db][plan.source_name]
-    return coll.count_documents(query, hint=index["name"])
+    return coll.count_documents(query)
 
 
 def views_without_source(spec: MigrationSpec, plan: MigrationPlan) -> list[str]:
@@ -1104,12 +1124,16 @@ def check_data_compatibility(spec: MigrationSpec, plan: MigrationPlan, destinati
     for c in inventory.collections:
         if c.plan.kind != "collection":
             continue
-        for ix in c.indexes:
-            if "expireAfterSeconds" in ix and len(ix.get("key", {})) == 1:
-                n = expired_by_ttl(spec, c.plan, ix, now)
-                if n:
-                    expiring.append(f"{c.plan.source_ns}: {n:,} documents past the TTL of index "
-                                    f"{ix['name']} ({int(ix['expireAfterSeconds'])} s)")
+        ttl_indexes = [ix for ix in c.indexes if "expireAfterSeconds" in ix and len(ix.get("key", {})) == 1]
+        if "clusteredIndex" in c.plan.options and "expireAfterSeconds" in c.plan.options:
+            # a clustered collection's own TTL works on its _id (a date)
+            ttl_indexes.append({"name": "clustered _id", "key": {"_id": 1},
+                                "expireAfterSeconds": c.plan.options["expireAfterSeconds"]})
+        for ix in ttl_indexes:
+            n = expired_by_ttl(spec, c.plan, ix, now)
+            if n:
+                expiring.append(f"{c.plan.source_ns}: {n:,} documents past the TTL of index "
+                                f"{ix['name']} ({int(ix['expireAfterSeconds'])} s)")
     if expiring:
         rows.append(warning(f"{name}: TTL indexes",
                             "would be deleted by the destination soon after they arrive: " + "; ".join(expiring),

@@ -44,9 +44,8 @@ def auth_server(tmp_path_factory):
         users = {
             # least privilege for a full migration of shop (time-series included)
             "reader": [{"role": "read", "db": "shop"}, "shopBucketsReader"],
-            # ... and for an incremental one
-            "reader_local": [{"role": "read", "db": "shop"}, "shopBucketsReader",
-                             {"role": "read", "db": "local"}],
+            # ... and for an incremental one: the sync's change stream spans the deployment
+            "reader_incremental": ["readAnyDatabase", {"role": "read", "db": "local"}],
             "reader_no_buckets": [{"role": "read", "db": "shop"}],
             "writer": [{"role": "readWrite", "db": "shop_copy"}, {"role": "dbAdmin", "db": "shop_copy"},
                        "shopCopyBucketsWriter", {"role": "readWrite", "db": "mongo_migrate_meta"}],
@@ -251,11 +250,16 @@ def test_source_permissions(auth_server):
     # incremental also needs change streams and the oplog
     spec = auth_spec(auth_server, migration_types=["full", "incremental"])
     row = pc.check_source_permissions(spec, plan_namespaces(spec))
-    assert row.status == "failed" and "local.oplog.rs: find, collStats" in row.detail
-    assert "grantRolesToUser('reader', [{role: 'read', db: 'local'}])" in row.remedy
-    spec = auth_spec(auth_server, source_user="reader_local", migration_types=["full", "incremental"])
+    assert row.status == "failed"
+    assert row.detail.endswith("lacks every database: changeStream, find; local.oplog.rs: find, collStats")
+    assert "grantRolesToUser('reader', ['readAnyDatabase', {role: 'read', db: 'local'}])" in row.remedy
+    assert pc.check_incremental_prerequisites(spec, check_connectivity(spec.source, "source"),
+                                              None).status == "failed"
+    spec = auth_spec(auth_server, source_user="reader_incremental", migration_types=["full", "incremental"])
     row = pc.check_source_permissions(spec, plan_namespaces(spec))
-    assert row.status == "passed" and "changeStream" in row.detail
+    assert row.status == "passed" and "a change stream over the deployment" in row.detail
+    assert pc.check_incremental_prerequisites(spec, check_connectivity(spec.source, "source"),
+                                              None).status == "passed"
 
     # every database asked for, but the account can list only its own
     spec = auth_spec(auth_server, objects=[], name_mapping={})
