@@ -199,9 +199,11 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     batch_docs = spec.copy_options.batch_docs
     capped = _capped(plan)
     if capped:
-        # insertion (natural) order is part of a capped collection's data; a retry starts again
-        # from the first document and skips those already there
-        lower = None
+        # insertion (natural) order is part of a capped collection's data. An attempt that failed
+        # part way may have left documents out of order (unordered inserts go on past a refused one),
+        # so every attempt empties the target (it holds only this run's documents) and starts over
+        target.delete_many({})
+        state, lower = {}, None
         cursor = source.find({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
     else:
         # walk the _id index (the clustered one too) with index bounds: min/max follow BSON order
