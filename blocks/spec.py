@@ -158,6 +158,11 @@ class CopyOptions(BaseModel):
         False, title="Drop existing target collections",
         description="Drop target collections that already hold data instead of failing the precheck.",
     )
+    on_document_error: Literal["fail", "skip"] = Field(
+        "fail", title="When the destination refuses a document",
+        description="fail: stop, naming the namespace and _id. skip: leave it out, record it in "
+        "mongo_migrate_meta.skipped_documents and go on (verification lists it as skipped).",
+    )
 
 
 class IncrementalOptions(BaseModel):

@@ -18,6 +18,11 @@ EXIT_DIFFERENT = 3  # `verify`: the destination is not equal to the source
 
 def _quiet_tracebacks() -> None:
     """Console log lines keep their message but not the traceback (the Prefect UI still has it)."""
+    # Prefect configures logging lazily, at the first flow run: configure it now, so that its
+    # console handlers exist to be trimmed
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
 
     class OneLine(logging.Formatter):
         def __init__(self, inner: logging.Formatter | None) -> None:

@@ -14,7 +14,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 
 from bson import MaxKey
@@ -33,6 +33,8 @@ log = logging.getLogger("mongo_migrate.copy")
 DUPLICATE_KEY = 11000
 CHECKPOINT_EVERY_S = 5.0
 COPY_UNITS = "copy_units"
+SKIPPED_DOCUMENTS = "skipped_documents"  # refused documents left out under on_document_error: skip
+COPY_RANGES = "copy_ranges"  # the _id ranges each collection was cut into, kept for reruns
 
 
 class DocumentWriteError(RuntimeError):
@@ -66,6 +68,7 @@ class CopyStats(BaseModel):
     bytes: int = 0
     seconds: float = 0.0
     already_done: bool = False
+    skipped: int = 0  # refused by the destination and recorded (on_document_error: skip)
 
 
 def _capped(plan: CollectionPlan) -> bool:
@@ -78,12 +81,32 @@ def _splittable(plan: CollectionPlan) -> bool:
     return plan.kind == "collection" and "clusteredIndex" not in plan.options and not _capped(plan)
 
 
-def split_collection(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRange]:
+def split_collection(spec: MigrationSpec, plan: CollectionPlan, remember: bool = True) -> list[CopyRange]:
     """Cut a big collection into about equal `_id` ranges, from a server-side sorted sample.
 
     The bounds are index bounds (`min`/`max`), which follow BSON order across types, so collections
     with mixed `_id` types split as safely as ObjectId ones.
+
+    The sample is random, so the ranges are remembered on the destination (`copy_ranges`) and a
+    rerun of the same spec cuts the same ones: a range checkpointed as done must cover what its
+    number covers now, or the documents between the old and the new bounds would never be copied.
     """
+    if not remember:
+        return _cut_ranges(spec, plan)
+    saved = open_client(spec.destination.resolve())[META_DATABASE][COPY_RANGES]
+    key = f"{spec.digest()}:{plan.source_ns}"
+    found = saved.find_one({"_id": key})
+    if found is None:
+        ranges = _cut_ranges(spec, plan)
+        saved.update_one({"_id": key}, {"$setOnInsert": {
+            "ranges": [r.model_dump(exclude={"plan"}) for r in ranges],
+            "created": datetime.now(timezone.utc),
+        }}, upsert=True)
+        found = saved.find_one({"_id": key})
+    return [CopyRange(plan=plan, **r) for r in found["ranges"]]
+
+
+def _cut_ranges(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRange]:
     coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
     estimated = coll.estimated_document_count()
     per_range = spec.copy_options.range_docs
@@ -160,15 +183,22 @@ def _already_there(error: dict) -> bool:
     return " index: _id_ " in error.get("errmsg", "")
 
 
-def insert_raw_batch(target: Collection, docs: list, target_ns: str) -> int:
-    """Insert raw documents unordered; documents already there are not an error. Returns inserted."""
+def insert_raw_batch(target: Collection, docs: list, target_ns: str,
+                     skip_refused: Callable[[object, dict], None] | None = None) -> int:
+    """Insert raw documents unordered; documents already there are not an error. Returns inserted.
+
+    A document refused for another reason raises DocumentWriteError, or is handed to `skip_refused`
+    (its _id and the write error) when refused documents are to be skipped."""
     try:
         target.insert_many(docs, ordered=False, bypass_document_validation=True)
         return len(docs)
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
         refused = [e for e in errors if not _already_there(e)]
-        if refused:
+        if refused and skip_refused is not None:
+            for error in refused:
+                skip_refused(docs[error["index"]]["_id"], error)
+        elif refused:
             first = refused[0]
             doc_id = docs[first["index"]]["_id"] if "index" in first else None
             raise DocumentWriteError(target_ns, doc_id, first.get("code"), first.get("errmsg", "")) from None
@@ -218,13 +248,28 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     if lower is not None and upper is None:
         # an index scan from `min` with no `max` stops before an _id of MaxKey (seen on 6.0)
         batches = itertools.chain(batches, (source.find({"_id": MaxKey()}).to_list() for _ in (1,)))
+    skip_refused = None
+    if spec.copy_options.on_document_error == "skip":
+        skipped = dest[META_DATABASE][SKIPPED_DOCUMENTS]
+
+        def skip_refused(doc_id: object, error: dict) -> None:
+            stats.skipped += 1
+            log.warning("%s: skipped document _id=%r, refused by the destination (code %s): %s",
+                        plan.target_ns, doc_id, error.get("code"), error.get("errmsg", ""))
+            id_ejson = to_ejson(doc_id)
+            skipped.update_one({"_id": f"{spec.digest()}:{plan.target_ns}:{id_ejson}"}, {"$set": {
+                "run": spec.digest(), "source_ns": plan.source_ns, "target_ns": plan.target_ns,
+                "id_ejson": id_ejson, "doc_id": doc_id, "code": error.get("code"),
+                "error": error.get("errmsg", ""), "at": datetime.now(timezone.utc),
+            }}, upsert=True)
+
     docs_before, bytes_before = state.get("docs", 0), state.get("bytes", 0)
     last_checkpoint = time.monotonic()
     for docs in _prefetch(batches):
         if not docs:
             continue
         # count what was inserted: after a resume, documents already there are not counted twice
-        stats.docs += insert_raw_batch(target, docs, plan.target_ns)
+        stats.docs += insert_raw_batch(target, docs, plan.target_ns, skip_refused)
         stats.bytes += sum(len(d.raw) for d in docs)
         if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
             units.update_one({"_id": key}, {"$set": {

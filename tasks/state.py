@@ -1,7 +1,9 @@
 """What the migration remembers on the destination, in the `mongo_migrate_meta` database.
 
-`runs` holds one document per spec digest (started, finished, the flow run); `copy_units` holds the
-checkpoint of every copy range. A rerun of an unfinished spec continues from them.
+`runs` holds one document per spec digest (started, finished, the flow run); `copy_ranges` the _id
+ranges each collection was cut into; `copy_units` the checkpoint of every copy range;
+`skipped_documents` the documents the destination refused under `on_document_error: skip`. A rerun of
+an unfinished spec continues from them; a fresh run of the spec clears them first.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pydantic import BaseModel
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import step
-from tasks.copy import COPY_UNITS
+from tasks.copy import COPY_RANGES, COPY_UNITS, SKIPPED_DOCUMENTS
 from tasks.namespaces import MigrationPlan
 from tasks.precheck import RUNS, resumable_run
 
@@ -32,6 +34,8 @@ def start_run(spec: MigrationSpec, plan: MigrationPlan, flow_run_id: str | None)
     resumed = resumable_run(spec) is not None
     if not resumed:
         meta[COPY_UNITS].delete_many({"_id": {"$regex": f"^{re.escape(digest)}:"}})
+        meta[SKIPPED_DOCUMENTS].delete_many({"run": digest})
+        meta[COPY_RANGES].delete_many({"_id": {"$regex": f"^{re.escape(digest)}:"}})
         if spec.copy_options.drop_existing_targets:
             for p in plan.collections:
                 dest[p.target_db].drop_collection(p.target_name)

@@ -36,7 +36,7 @@ from pymongo.collection import Collection
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import RAW, from_ejson, step, to_ejson
-from tasks.copy import CopyRange, _splittable, split_collection
+from tasks.copy import SKIPPED_DOCUMENTS, CopyRange, _splittable, split_collection
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 
 Side = Literal["source", "destination"]
@@ -46,7 +46,6 @@ VERIFY_BATCH_DOCS = 1000
 LIST_LIMIT = 100  # differences listed per collection
 NARROW_BUDGET = 100_000  # source documents held as {_id: hash} while narrowing one range
 RECHECK_DELAY_S = 5.0
-SKIPPED_DOCUMENTS = "skipped_documents"  # META_DATABASE collection written by the copy's skip mode
 
 _MOD = 1 << 128
 # _ids decoded for people and for the skipped-documents records: dates beyond year 9999 stay DatetimeMS
@@ -365,7 +364,8 @@ def _recorded_skips(spec: MigrationSpec, plan: CollectionPlan, elements: list[by
         return set()
     records = open_client(spec.destination.resolve())[META_DATABASE][SKIPPED_DOCUMENTS]
     keys = {skipped_key(id_value(e, raw_documents=False)): e for e in elements}
-    recorded = records.find({"target_ns": plan.target_ns, "id_ejson": {"$in": list(keys)}}, {"id_ejson": 1})
+    recorded = records.find({"run": spec.digest(), "target_ns": plan.target_ns,
+                             "id_ejson": {"$in": list(keys)}}, {"id_ejson": 1})
     return {keys[r["id_ejson"]] for r in recorded}
 
 
@@ -383,7 +383,8 @@ def verify_collection(spec: MigrationSpec, plan: CollectionPlan,
         result.problems += problems
         result.notes += notes
 
-    ranges = split_collection(spec, plan)
+    # any cut will do for comparing; verification writes nothing on the destination
+    ranges = split_collection(spec, plan, remember=False)
     workers = max(2, min(2 * len(ranges), spec.copy_options.parallel_workers))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
         def digest_all(rngs: list[CopyRange]) -> list[tuple[RangeDigest, RangeDigest]]:

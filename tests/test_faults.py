@@ -1,0 +1,235 @@
+"""Faults during a full migration, on real mongods and the real CLI; afterwards the destination is
+compared with the source byte for byte.
+
+(1) the migration process is SIGKILLed during the copy, (3) the destination mongod is down for 20 s
+during the copy, (6) the destination refuses a document, (7) Slack is unreachable and the Prefect API
+restarts mid-run. Faults (2), (4) and (5) are about the incremental sync.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bson
+import pytest
+from bson.raw_bson import RawBSONDocument
+
+from blocks.spec import META_DATABASE, load_spec
+from sandbox.mongod import free_port
+from tasks.copy import COPY_UNITS, SKIPPED_DOCUMENTS
+from tasks.namespaces import plan_namespaces
+from tasks.verify import verify_collection
+from tests.conftest import ROOT, assert_same_documents, insert_raw, make_spec
+
+
+def seed(client, db: str, collections: int, docs: int, size: int = 300) -> list[str]:
+    names = [f"c{i}" for i in range(collections)]
+    for name in names:
+        insert_raw(client, f"{db}.{name}", [
+            RawBSONDocument(bson.encode({"_id": i, "c": name, "pad": "x" * size})) for i in range(docs)])
+    return names
+
+
+def write_spec(path: Path, source, dest, **fields) -> Path:
+    """A spec file between the test mongods (written from plain values: a dumped model masks secrets)."""
+    make_spec(source, dest, **fields)  # valid, or the test stops here
+    path.write_text(json.dumps({"source": {"uri": source.admin_uri()}, "destination": {"uri": dest.admin_uri()},
+                                **fields}))
+    return path
+
+
+def start_cli(prefect_api: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """The real CLI in the background (run_cli in conftest waits for it to finish)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})},
+    )
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the CLI ended (exit {proc.returncode}) before {what}:\n{err[-3000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def done_units(dst_client) -> dict[str, dict]:
+    return {u["_id"]: u for u in dst_client[META_DATABASE][COPY_UNITS].find({"done": True})}
+
+
+def inserts(client) -> int:
+    return client.admin.command("serverStatus")["opcounters"]["insert"]
+
+
+def test_killed_during_the_copy_then_rerun_copies_only_what_is_left(
+        src_client, dst_client, source, dest, prefect_api, run_cli, tmp_path):
+    names = seed(src_client, "shop", collections=3, docs=12_000)
+    total = 3 * 12_000
+    spec_file = write_spec(tmp_path / "spec.json", source, dest, objects=[{"database": "shop"}],
+                           copy_options={"range_docs": 1000, "batch_docs": 50, "parallel_workers": 2})
+
+    proc = start_cli(prefect_api, "run", str(spec_file), "--json")
+    try:
+        wait_for(lambda: len(done_units(dst_client)) >= 4, 120, "4 finished copy ranges", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    finished = done_units(dst_client)
+    finished_docs = sum(u["docs"] for u in finished.values())
+    copied_before = sum(dst_client.shop[n].count_documents({}) for n in names)
+    assert 0 < finished_docs < total and copied_before < total
+
+    inserts_before = inserts(dst_client)
+    rerun = run_cli("run", str(spec_file), "--json")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["resumed"] is True and summary["counts_match"] is True
+    # finished ranges were not copied again: their checkpoints are untouched and the destination was
+    # asked to insert no more than the documents outside them
+    after = done_units(dst_client)
+    for unit_id, unit in finished.items():
+        assert after[unit_id]["updated"] == unit["updated"], unit_id
+    assert 0 < inserts(dst_client) - inserts_before <= total - finished_docs
+    for name in names:
+        assert_same_documents(src_client, dst_client, f"shop.{name}")
+
+
+def test_destination_down_for_20_seconds_during_the_copy(
+        src_client, dst_client, source, dest, prefect_api, tmp_path):
+    names = seed(src_client, "shop", collections=2, docs=10_000)
+    spec_file = write_spec(tmp_path / "spec.json", source, dest, objects=[{"database": "shop"}],
+                           copy_options={"range_docs": 1000, "batch_docs": 50, "parallel_workers": 2})
+
+    proc = start_cli(prefect_api, "run", str(spec_file), "--json")
+    try:
+        wait_for(lambda: len(done_units(dst_client)) >= 2, 120, "2 finished copy ranges", proc)
+        dest.stop()
+        stopped = time.monotonic()
+        time.sleep(20)
+        dest.start()
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert time.monotonic() - stopped > 20
+    assert proc.returncode == 0, err[-3000:]
+    assert "Retry 1/3" in err  # the outage was met, and retried
+    assert json.loads(out)["counts_match"] is True
+    for name in names:
+        assert_same_documents(src_client, dst_client, f"shop.{name}")
+
+
+def test_a_refused_document_fails_naming_it_or_is_skipped_and_recorded(
+        src_client, dst_client, source, dest, run_cli, tmp_path):
+    docs = [{"_id": i, "email": f"u{i}@example.com"} for i in range(200)]
+    docs[150]["email"] = docs[20]["email"]  # the source allows it; the destination will not
+    src_client.app.users.insert_many(docs)
+    # a target created beforehand with a unique index of its own
+    dst_client.app.users.create_index("email", unique=True, name="email_unique")
+    failed = run_cli("run", str(write_spec(tmp_path / "fail.json", source, dest, objects=[{"database": "app"}])))
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    error = [line for line in failed.stderr.splitlines() if line.startswith("mongo-migrate: error:")]
+    assert len(error) == 1
+    assert "app.users: document _id=150 was refused (code 11000)" in error[0]
+    assert "Traceback" not in failed.stderr, failed.stderr
+    assert dst_client[META_DATABASE][SKIPPED_DOCUMENTS].count_documents({}) == 0
+
+    skip = write_spec(tmp_path / "skip.json", source, dest, objects=[{"database": "app"}],
+                      copy_options={"on_document_error": "skip"})
+    skipped = run_cli("run", str(skip), "--json")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "app.users: skipped document _id=150" in skipped.stderr
+    record = dst_client[META_DATABASE][SKIPPED_DOCUMENTS].find_one()
+    assert (record["target_ns"], record["doc_id"], record["code"]) == ("app.users", 150, 11000)
+    assert "email_unique" in record["error"]
+    # verification lists it as skipped, and does not count it as a difference
+    spec = load_spec(skip)
+    check = verify_collection(spec, plan_namespaces(spec).data_plans[0], recheck_delay_s=0)
+    assert check.equal and (check.skipped, check.missing) == (1, 0)
+    assert [(d.kind, d.id) for d in check.differences] == [("skipped", "150")]
+    assert check.notes == ["indexes only on the target: email_unique"]
+    # everything but the skipped document arrived byte for byte
+    src_client.app.users.delete_one({"_id": 150})
+    assert_same_documents(src_client, dst_client, "app.users")
+
+
+@pytest.fixture
+def own_prefect_server(tmp_path):
+    """A Prefect server of this test's own, so that it can be restarted mid-run."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"}
+    env.pop("PREFECT_API_URL", None)
+    url = f"http://127.0.0.1:{port}/api"
+    procs: list[subprocess.Popen] = []
+
+    def start() -> None:
+        import httpx
+
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port), "--no-services"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        procs.append(proc)
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{url}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_for(healthy, 90, "the Prefect server")
+
+    def stop() -> None:
+        proc = procs[-1]
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+    start()
+    yield url, start, stop
+    if procs[-1].poll() is None:
+        stop()
+
+
+def test_slack_unreachable_and_prefect_api_restarted_mid_run(
+        src_client, dst_client, source, dest, own_prefect_server, tmp_path):
+    url, start_server, stop_server = own_prefect_server
+    names = seed(src_client, "shop", collections=2, docs=10_000)
+    closed = free_port()
+    spec_file = write_spec(tmp_path / "spec.json", source, dest, objects=[{"database": "shop"}],
+                           copy_options={"range_docs": 1000, "batch_docs": 50, "parallel_workers": 2},
+                           notifications={"slack": {"webhook_url": f"http://127.0.0.1:{closed}/hook"}})
+
+    proc = start_cli(url, "run", str(spec_file), "--json")
+    try:
+        wait_for(lambda: len(done_units(dst_client)) >= 2, 120, "2 finished copy ranges", proc)
+        stop_server()
+        time.sleep(3)
+        start_server()
+        assert proc.poll() is None  # the run lived through the outage and goes on
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out)["counts_match"] is True
+    assert "Slack could not be reached" in err  # the finished message was attempted, and let go
+    for name in names:
+        assert_same_documents(src_client, dst_client, f"shop.{name}")
