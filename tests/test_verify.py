@@ -115,6 +115,8 @@ def test_options_indexes_views_and_a_missing_target(src_client, dst_client, spec
     dst_client.app.create_collection("adults", viewOn="people", pipeline=[{"$match": {"age": {"$gte": 21}}}])
     dst_client.app.command("collMod", "people", validator={"age": {"$gte": 1}})
     src_client.app.orphans.insert_many([{"_id": i} for i in range(150)])    # not on the destination
+    src_client.app.shapes.insert_one({"_id": 1})
+    dst_client.app.create_collection("shapes", viewOn="people", pipeline=[])  # a view, not a collection
     spec = spec_for(objects=[{"database": "app"}])
 
     people = verify_collection(spec, plan_for(spec, "app.people"), recheck_delay_s=0)
@@ -129,6 +131,9 @@ def test_options_indexes_views_and_a_missing_target(src_client, dst_client, spec
     orphans = verify_collection(spec, plan_for(spec, "app.orphans"), recheck_delay_s=0)
     assert orphans.problems == ["the target collection does not exist"]
     assert orphans.missing == 150 and len(orphans.differences) == 100
+
+    shapes = verify_collection(spec, plan_for(spec, "app.shapes"), recheck_delay_s=0)
+    assert shapes.problems == ["the target is a view, the source a collection"] and not shapes.equal
 
 
 def test_time_series_and_clustered_collections(src_client, dst_client, spec_for):
