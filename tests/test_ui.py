@@ -1,0 +1,175 @@
+"""The Prefect UI in a real browser (Debian's chromium, driven by Playwright) against a real served
+Prefect server with a process worker: save endpoint blocks, start a migration from the deployment
+page with a custom parameter, watch it finish, and approve a cutover in the UI.
+
+Screenshots of every step go to tests/output/test_ui/.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from deployments.deploy import DESTINATION_BLOCK, SOURCE_BLOCK
+from tests.conftest import assert_same_documents
+from tests.served import OUTPUT, served_prefect
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+SHOTS = OUTPUT / "test_ui"
+RUN_TIMEOUT_MS = 240_000
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with served_prefect(tmp_path_factory.mktemp("served-ui"), "test_ui") as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def screenshot_on_failure(request):
+    """A failing step leaves a picture of what the browser showed."""
+    failed_before = request.session.testsfailed
+    yield
+    browser_page = request.node.funcargs.get("page")
+    if browser_page is not None and request.session.testsfailed > failed_before:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        browser_page.screenshot(path=SHOTS / f"failed-{request.node.name}.png")
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run tests/ensure_chromium.sh (make test does)"
+    for old in SHOTS.glob("*.png"):
+        old.unlink()
+    with sync_playwright() as p:
+        # a fresh profile directory for every run of the module
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM,
+            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000},
+        )
+        page = context.pages[0] if context.pages else context.new_page()
+        page.set_default_timeout(30_000)
+        yield page
+        context.close()
+
+
+class Shots:
+    """Numbered screenshots, in the order the steps happen."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        SHOTS.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, name: str) -> Path:
+        path = SHOTS / f"{len(list(SHOTS.glob('*.png'))) + 1:02d}-{name}.png"
+        self.page.screenshot(path=path)
+        return path
+
+
+def save_block_in_ui(page, served, shot, name: str, uri: str) -> None:
+    """Blocks > MongoEndpoint > Create: the block name and the connection URI."""
+    page.goto(f"{served.ui}/blocks/catalog/mongoendpoint/create")
+    form = page.locator("form.block-schema-create-form")
+    form.locator(".p-label", has=page.locator("label", has_text="Block Name")).locator("input").fill(name)
+    uri_field = form.locator(".schema-form-property-any-of",
+                             has=page.locator("h3", has_text=re.compile("^Connection URI$")))
+    uri_field.locator("textarea").fill(uri)
+    shot(f"block-{name}-form")
+    page.get_by_role("button", name="Create", exact=True).click()
+    page.wait_for_url(re.compile(r"/blocks/block/[0-9a-f-]{36}"))
+    page.get_by_text(name).first.wait_for()
+    shot(f"block-{name}-saved")
+
+
+def form_property(page, label: str):
+    """A field of the flow-run form, by its label (the innermost element holding that label)."""
+    return page.locator(".schema-form-property", has=page.locator(
+        ".schema-form-property__label", has_text=re.compile(f"^{re.escape(label)}( \\(Optional\\))?$"))).last
+
+
+def open_custom_run_form(page, served, deployment: dict, shot) -> None:
+    page.goto(f"{served.ui}/deployments/deployment/{deployment['id']}")
+    page.get_by_text("on-demand").first.wait_for()
+    shot("deployment-page")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run", exact=True).click()
+    page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]{36}/run"))
+    form_property(page, "Name mapping").wait_for()
+
+
+def submit_run_form(page, served, deployment: dict, shot) -> dict:
+    before = {r["id"] for r in served.flow_runs(deployments={"id": {"any_": [deployment["id"]]}})}
+    page.get_by_role("button", name="Submit", exact=True).click()
+    page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]{36}(\?.*)?$"))
+    runs = [r for r in served.flow_runs(deployments={"id": {"any_": [deployment["id"]]}})
+            if r["id"] not in before]
+    assert len(runs) == 1, "the form did not create one flow run"
+    shot("run-submitted")
+    return runs[0]
+
+
+def header_state(page) -> str:
+    return page.locator(".state-badge").first.inner_text().strip()
+
+
+def test_blocks_saved_and_migration_started_from_the_deployment_page(served, page, src_client,
+                                                                    dst_client, source, dest):
+    shot = Shots(page)
+    src_client.shop.orders.insert_many([{"_id": i, "item": f"sku-{i % 31}", "qty": i % 5}
+                                        for i in range(3000)])
+    src_client.shop.orders.create_index("item")
+    src_client.crm.customers.insert_many([{"name": f"c{i}"} for i in range(40)])
+
+    save_block_in_ui(page, served, shot, SOURCE_BLOCK, source.admin_uri())
+    save_block_in_ui(page, served, shot, DESTINATION_BLOCK, dest.admin_uri())
+    saved = served.http.post("/block_documents/filter", json={
+        "block_types": {"slug": {"any_": ["mongoendpoint"]}}}).json()
+    assert {b["name"]: b["data"]["uri"] for b in saved} == {
+        SOURCE_BLOCK: source.admin_uri(), DESTINATION_BLOCK: dest.admin_uri()}
+
+    deployment = served.deployment("migrate/on-demand")
+    open_custom_run_form(page, served, deployment, shot)
+    # the custom parameter: rename shop to shop_ui; the endpoints stay the blocks named by default
+    form_property(page, "Name mapping").locator("textarea").fill('{"shop": "shop_ui"}')
+    form_property(page, "Name mapping").scroll_into_view_if_needed()
+    shot("run-form-name-mapping")
+    run = submit_run_form(page, served, deployment, shot)
+    spec = run["parameters"]["spec"]
+    assert spec["name_mapping"] == {"shop": "shop_ui"}
+    assert spec["source"]["block"] == SOURCE_BLOCK and spec["destination"]["block"] == DESTINATION_BLOCK
+
+    # the new run in the deployment's Runs list
+    page.locator(f'a[href="/runs/flow-run/{run["id"]}"]').first.click()
+    page.wait_for_url(re.compile(f"/runs/flow-run/{run['id']}"))
+    served.wait_for_state(run["id"], {"RUNNING", "COMPLETED", "FAILED", "CRASHED"})
+    page.reload()
+    page.locator(".state-badge").first.wait_for()
+    page.get_by_text("submitted to infrastructure").first.wait_for()  # the worker's log lines
+    shot(f"run-{header_state(page).lower()}")
+    final = served.wait_for_state(run["id"], timeout=RUN_TIMEOUT_MS / 1000)
+    assert final["state_type"] == "COMPLETED", served.logs(run["id"])[-3000:]
+    page.reload()
+    page.locator(".state-badge", has_text="Completed").first.wait_for()
+    page.get_by_text("Finished in state Completed").first.wait_for()
+    assert header_state(page) == "Completed"
+    shot("run-completed")
+
+    assert_same_documents(src_client, dst_client, "shop.orders", "shop_ui.orders")
+    assert_same_documents(src_client, dst_client, "crm.customers")
+    assert "shop" not in dst_client.list_database_names()
+    assert "item_1" in dst_client.shop_ui.orders.index_information()
+
+    # the full copy's progress: the overall bar a user finds by its key, and one bar per collection
+    latest = served.http.get("/artifacts/full-copy-progress/latest").json()
+    assert (latest["data"], latest["description"]) == (100.0, "Full copy: 2 collections, about 3,040 documents")
+    page.goto(f"{served.ui}/runs/flow-run/{latest['flow_run_id']}")
+    page.get_by_text("Artifacts", exact=True).click()
+    for text in ("Full copy of shop.orders -> shop_ui.orders", "Full copy of crm.customers -> crm.customers",
+                 "full-copy-progress"):
+        page.get_by_text(text).first.wait_for()
+    shot("full-copy-progress-artifacts")
