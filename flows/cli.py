@@ -50,19 +50,20 @@ def _quiet_tracebacks() -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mongo-migrate", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    # subcommands take --debug too; SUPPRESS keeps their unset default from hiding `--debug run ...`
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "precheck, then migrate"), ("precheck", "only the precheck"),
                         ("verify", "compare the destination with the source")):
         c = sub.add_parser(name, help=help_)
         c.add_argument("spec", help="migration spec, YAML or JSON")
         c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        c.add_argument("--debug", action="store_true", help="show tracebacks")
+        c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     sub.choices["verify"].add_argument(
         "--recheck-delay", type=float, default=None, metavar="SECONDS",
         help="wait this long before reading differing ranges again (default 5)")
     d = sub.add_parser("demo", help="migrate sample data between two local mongods")
     d.add_argument("--dir", default=".demo", help="where the demo keeps its mongods and Prefect data")
-    d.add_argument("--debug", action="store_true", help="show tracebacks")
+    d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
 
 

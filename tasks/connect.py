@@ -42,7 +42,8 @@ def describe_connection_error(exc: Exception, where: str) -> tuple[Cause, str]:
     low = text.lower()
     if isinstance(exc, SpecError):
         return "block", str(exc)
-    if isinstance(exc, (InvalidURI, ConfigurationError)):
+    if isinstance(exc, (InvalidURI, ConfigurationError, ValueError)):
+        # pymongo raises a plain ValueError for some URI mistakes ("Port must be an integer ...")
         if "wire version" in low:  # a server older (or newer) than this driver speaks to
             return "version", f"{where}: {text.split(', full error')[0]}"
         if "dns" in low or "srv" in low and "resolve" in low:
@@ -73,7 +74,7 @@ def check_connectivity(endpoint: EndpointSpec, role: str) -> EndpointInfo:
         conn = endpoint.resolve()
         where = f"{role} ({conn.display()})"
         return describe_endpoint(conn, role)
-    except (PyMongoError, SpecError) as exc:
+    except (PyMongoError, SpecError, ValueError) as exc:
         cause, problem = describe_connection_error(exc, where)
         return EndpointInfo(role=role, display=where, reachable=False, cause=cause, problem=problem)
 

@@ -97,9 +97,10 @@ def spec_for(source, dest):
     return lambda **fields: make_spec(source, dest, **fields)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli(prefect_api):
-    """Run the real `mongo-migrate` command against the session's Prefect server."""
+    """Run the real `mongo-migrate` command against the session's Prefect server (session-scoped,
+    so that a module fixture can start several commands at once)."""
 
     def run(*args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}

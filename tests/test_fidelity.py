@@ -80,7 +80,7 @@ ODD_SHAPES = [
 ]
 
 
-def test_every_bson_type_and_field_shape_is_copied_byte_for_byte(src_client, dst_client, spec_for):
+def test_every_bson_type_field_shape_and_name_is_copied_byte_for_byte(src_client, dst_client, spec_for):
     insert_raw(src_client, "fidelity.all_types", load_bson("mongo-tools/bsondump/all_types.bson"))
     insert_raw(src_client, "fidelity.sample", load_bson("mongo-tools/bsondump/sample.bson"))
     # no _id in the file: the server adds one in front, and that stored document is what must travel
@@ -93,8 +93,13 @@ def test_every_bson_type_and_field_shape_is_copied_byte_for_byte(src_client, dst
         insert_raw(src_client, "fidelity.big", [sized("too-big", MAX_BSON + 1)])
     depth = deepest_accepted(src_client.fidelity.get_collection("deep"))
     assert depth >= 100  # MongoDB documents 100 levels; 6.0 stores a little more
+    # non-ASCII database and collection names, dots in collection names, renamed on the way
+    insert_raw(src_client, "données_δ.cafés", load_bson("mongo-tools/mongorestore/cafés.bson"))
+    insert_raw(src_client, "données_δ.café.ünï.コード", [raw({"_id": i, "v": "é" * i}) for i in range(50)])
+    insert_raw(src_client, "données_δ.a.b.c", [raw({"_id": "only"})])
 
-    summary = migrate(spec_for(objects=[{"database": "fidelity"}]))
+    summary = migrate(spec_for(objects=[{"database": "fidelity"}, {"database": "données_δ"}],
+                               name_mapping={"données_δ": "dönnées_2", "données_δ.a.b.c": "ziel_ß.x.y"}))
 
     assert summary.counts_match
     for coll in ("all_types", "sample", "all_in_one", "shapes", "big", "deep"):
@@ -107,6 +112,10 @@ def test_every_bson_type_and_field_shape_is_copied_byte_for_byte(src_client, dst
     assert types == set(raw_documents(dst_client, "fidelity", "all_types"))
     deepest = dst_client.fidelity.deep.find_one({"_id": depth})
     assert deepest is not None and bson.encode(deepest) == bson.encode({"_id": depth, "d": nested(depth)})
+    assert_same_documents(src_client, dst_client, "données_δ.cafés", "dönnées_2.cafés")
+    assert_same_documents(src_client, dst_client, "données_δ.café.ünï.コード", "dönnées_2.café.ünï.コード")
+    assert_same_documents(src_client, dst_client, "données_δ.a.b.c", "ziel_ß.x.y")
+    assert sorted(dst_client["dönnées_2"].list_collection_names()) == ["café.ünï.コード", "cafés"]
 
 
 def mixed_ids(n_per_type: int) -> list[dict]:
@@ -151,24 +160,6 @@ def test_mixed_id_types_across_copy_ranges(src_client, dst_client, spec_for, mon
     assert summary.counts_match
     assert summary.collections[0].copied_docs == len(docs)
     assert_same_documents(src_client, dst_client, "ids.mixed")
-
-
-def test_non_ascii_and_dotted_names(src_client, dst_client, spec_for):
-    insert_raw(src_client, "données_δ.cafés", load_bson("mongo-tools/mongorestore/cafés.bson"))
-    insert_raw(src_client, "données_δ.café.ünï.コード", [raw({"_id": i, "v": "é" * i}) for i in range(50)])
-    insert_raw(src_client, "données_δ.a.b.c", [raw({"_id": "only"})])
-    spec = spec_for(
-        objects=[{"database": "données_δ"}],
-        name_mapping={"données_δ": "dönnées_2", "données_δ.a.b.c": "ziel_ß.x.y"},
-    )
-
-    summary = migrate(spec)
-
-    assert summary.counts_match
-    assert_same_documents(src_client, dst_client, "données_δ.cafés", "dönnées_2.cafés")
-    assert_same_documents(src_client, dst_client, "données_δ.café.ünï.コード", "dönnées_2.café.ünï.コード")
-    assert_same_documents(src_client, dst_client, "données_δ.a.b.c", "ziel_ß.x.y")
-    assert sorted(dst_client["dönnées_2"].list_collection_names()) == ["café.ünï.コード", "cafés"]
 
 
 def test_selection_and_name_mapping(src_client, spec_for):

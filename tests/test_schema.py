@@ -109,7 +109,33 @@ def test_every_index_kind_is_rebuilt_as_it_is(src_client, dst_client, spec_for):
     assert "hid_hidden" not in json.dumps(explain, default=str)
 
 
-def test_collection_options_are_recreated(src_client, dst_client, spec_for):
+def seed_views(src_client) -> None:
+    db = src_client.shop
+    db.orders.insert_many([{"_id": i, "total": i * 10, "day": i % 7} for i in range(40)])
+    db.create_collection("big_orders", viewOn="orders", pipeline=[{"$match": {"total": {"$gte": 200}}}])
+    # sorts before its parent: created after it all the same
+    db.create_collection("a_big_weekend", viewOn="big_orders", pipeline=[{"$match": {"day": {"$in": [5, 6]}}},
+                                                                         {"$project": {"total": 1}}])
+    db.create_collection("by_text", viewOn="orders", pipeline=[{"$sort": {"total": -1}}],
+                         collation={"locale": "en", "strength": 1})
+
+
+def check_views(src_client, dst_client) -> None:
+    """Views, a view on a view, under a database rename and a renamed source collection."""
+    assert collection_options(dst_client, "shop_v2.big_orders")["viewOn"] == "orders_2024"
+    assert collection_options(dst_client, "shop_v2.a_big_weekend")["viewOn"] == "big_orders"
+    for view in ("big_orders", "a_big_weekend", "by_text"):
+        src_opts = collection_options(src_client, f"shop.{view}")
+        dst_opts = collection_options(dst_client, f"shop_v2.{view}")
+        assert bson.encode({k: v for k, v in dst_opts.items() if k != "viewOn"}) == \
+            bson.encode({k: v for k, v in src_opts.items() if k != "viewOn"})
+        assert list(dst_client.shop_v2[view].find()) == list(src_client.shop[view].find())
+    assert len(list(dst_client.shop_v2.a_big_weekend.find())) > 0
+    assert_same_documents(src_client, dst_client, "shop.orders", "shop_v2.orders_2024")
+
+
+def test_collection_options_and_views_are_recreated(src_client, dst_client, spec_for):
+    seed_views(src_client)
     db = src_client.opt
     # capped: insertion order is the data's order, and older documents were evicted
     db.create_collection("capped", capped=True, size=64 * 1024, max=100)
@@ -147,7 +173,8 @@ def test_collection_options_are_recreated(src_client, dst_client, spec_for):
     insert_raw(src_client, "opt.system.buckets.foo_ts", load_bson("mongo-tools/mongorestore/system.buckets.foo_ts.bson"))
     create_indexes_from_dump(src_client, "opt.foo_ts", ts_meta)
 
-    summary = migrate(spec_for(objects=[{"database": "opt"}]))
+    summary = migrate(spec_for(objects=[{"database": "opt"}, {"database": "shop"}],
+                               name_mapping={"shop": "shop_v2", "shop.orders": "shop_v2.orders_2024"}))
 
     assert summary.counts_match
     names = ["capped", "collated", "strict", "lenient", "clustered", "weather", "audited", "foo_ts"]
@@ -168,31 +195,7 @@ def test_collection_options_are_recreated(src_client, dst_client, spec_for):
     assert dst_client.opt.foo_ts.count_documents({}) == src_client.opt.foo_ts.count_documents({}) > 0
     # the validator still holds on the destination
     assert raw_documents(dst_client, "opt", "strict") and dst_client.opt.strict.count_documents({"code": 42}) == 1
-
-
-def test_views_on_views_under_name_mapping(src_client, dst_client, spec_for):
-    db = src_client.shop
-    db.orders.insert_many([{"_id": i, "total": i * 10, "day": i % 7} for i in range(40)])
-    db.create_collection("big_orders", viewOn="orders", pipeline=[{"$match": {"total": {"$gte": 200}}}])
-    # sorts before its parent: created after it all the same
-    db.create_collection("a_big_weekend", viewOn="big_orders", pipeline=[{"$match": {"day": {"$in": [5, 6]}}},
-                                                                         {"$project": {"total": 1}}])
-    db.create_collection("by_text", viewOn="orders", pipeline=[{"$sort": {"total": -1}}],
-                         collation={"locale": "en", "strength": 1})
-    spec = spec_for(objects=[{"database": "shop"}],
-                    name_mapping={"shop": "shop_v2", "shop.orders": "shop_v2.orders_2024"})
-
-    migrate(spec)
-
-    assert collection_options(dst_client, "shop_v2.big_orders")["viewOn"] == "orders_2024"
-    assert collection_options(dst_client, "shop_v2.a_big_weekend")["viewOn"] == "big_orders"
-    for view in ("big_orders", "a_big_weekend", "by_text"):
-        src_opts, dst_opts = collection_options(src_client, f"shop.{view}"), collection_options(dst_client, f"shop_v2.{view}")
-        assert bson.encode({k: v for k, v in dst_opts.items() if k != "viewOn"}) == \
-            bson.encode({k: v for k, v in src_opts.items() if k != "viewOn"})
-        assert list(dst_client.shop_v2[view].find()) == list(src_client.shop[view].find())
-    assert len(list(dst_client.shop_v2.a_big_weekend.find())) > 0
-    assert_same_documents(src_client, dst_client, "shop.orders", "shop_v2.orders_2024")
+    check_views(src_client, dst_client)
 
 
 def test_autoindexid_false_from_an_old_source_is_left_out(src_client, dst_client, spec_for):

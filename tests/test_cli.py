@@ -1,0 +1,207 @@
+"""The real `mongo-migrate` command: outputs, exit codes, and bad input told in one clear line.
+
+Every command of this module is started at once by one fixture (each is a separate process costing a
+few seconds of Prefect start-up); the tests then read their outcomes."""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blocks.mongo import close_clients
+from blocks.spec import EndpointSpec
+from sandbox.mongod import Mongod, free_port
+from tasks.connect import check_connectivity
+from tests.conftest import _drop_user_databases
+
+WRONG_PASSWORD = "Wr0ng-Pa55word-7c1e"
+URI_PASSWORD = "S3cret-In-A-Bad-Uri"
+ERROR = "mongo-migrate: error: "
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith(ERROR)]
+
+    @property
+    def error(self) -> str:
+        assert len(self.error_lines) == 1, self.stderr[-3000:]
+        return self.error_lines[0].removeprefix(ERROR)
+
+
+@pytest.fixture(scope="module")
+def cli(source_server, dest_server, run_cli, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    auth = Mongod(tmp / "auth", auth=True).start()  # a standalone with real users
+    closed_port = free_port()
+    with source_server.client() as src, dest_server.client() as dst:
+        for db in ("cli_text", "cli_json", "cli_fail", "cli_occupied"):
+            src[db].items.insert_many([{"_id": i, "u": i % 15, "s": "é" * i} for i in range(20)])
+        src.cli_json.items.create_index("s", name="s_1")
+        src.cli_json.create_collection("small", viewOn="items", pipeline=[{"$match": {"_id": {"$lt": 5}}}])
+        # targets that exist, empty, with a unique index the source's documents break: the copy fails
+        for target in ("cli_fail_a", "cli_fail_b"):
+            dst[target].items.create_index("u", unique=True)
+        dst.cli_occupied.items.insert_one({"_id": "someone else's"})
+
+    def spec_file(name: str, source: str | dict, destination: str | dict, suffix: str = ".yaml", **fields) -> str:
+        data = {"source": source if isinstance(source, dict) else {"uri": source},
+                "destination": destination if isinstance(destination, dict) else {"uri": destination}, **fields}
+        path = tmp / f"{name}{suffix}"
+        path.write_text(json.dumps(data) if suffix == ".json" else yaml.safe_dump(data, allow_unicode=True))
+        return str(path)
+
+    src_uri, dst_uri = source_server.admin_uri(), dest_server.admin_uri()
+    (tmp / "not_yaml.yaml").write_text("source: {uri: 'mongodb://h:1'\ndestination: [\n")
+    commands = {
+        "run_text": ["run", spec_file("text", src_uri, dst_uri, objects=[{"database": "cli_text"}],
+                                      name_mapping={"cli_text": "cli_text_v2"})],
+        "run_json": ["run", spec_file("json", src_uri, dst_uri, ".json", objects=[{"database": "cli_json"}]),
+                     "--json"],
+        # a destination with access control, reached with the right password
+        "precheck_auth": ["precheck", spec_file("auth", src_uri, auth.admin_uri(),
+                                                objects=[{"database": "cli_text"}])],
+        "wrong_password": ["precheck", spec_file("wrong_pw", auth.uri("admin", WRONG_PASSWORD), dst_uri)],
+        "bad_endpoints": ["run", spec_file(
+            "bad_endpoints", f"mongodb://admin:{URI_PASSWORD}@127.0.0.1:99999/",
+            {"uri": f"mongodb://127.0.0.1:{closed_port}/", "timeout_s": 1})],
+        "unknown_database": ["run", spec_file("unknown_db", src_uri, dst_uri, objects=[
+            {"database": "cli_occupied"}, {"database": "no_such_db"}]), "--json"],
+        "failed": ["run", spec_file("fail_a", src_uri, dst_uri, objects=[{"database": "cli_fail"}],
+                                    name_mapping={"cli_fail": "cli_fail_a"})],
+        "failed_debug": ["--debug", "run", spec_file("fail_b", src_uri, dst_uri, objects=[{"database": "cli_fail"}],
+                                                     name_mapping={"cli_fail": "cli_fail_b"})],
+        "missing_file": ["run", str(tmp / "nowhere.yaml")],
+        "not_yaml": ["precheck", str(tmp / "not_yaml.yaml")],
+        "unknown_key": ["run", spec_file("unknown_key", src_uri, dst_uri, copy_options={"paralel_workers": 2})],
+        "wrong_type": ["run", spec_file("wrong_type", src_uri, dst_uri, copy_options={"batch_docs": "lots"},
+                                        objects=[{"database": "cli_text", "collections": "items"}])],
+    }
+
+    def timed(args: list[str]) -> Outcome:
+        started = time.monotonic()
+        done = run_cli(*args)
+        return Outcome(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = {name: pool.submit(timed, args) for name, args in commands.items()}
+            outcomes = {name: f.result() for name, f in futures.items()}
+        yield outcomes
+    finally:
+        auth.destroy()
+        close_clients()
+        _drop_user_databases(source_server)
+        _drop_user_databases(dest_server)
+
+
+def test_run_prints_a_summary(cli):
+    out = cli["run_text"]
+    assert out.code == 0, out.stderr[-3000:]
+    assert "cli_text.items" in out.stdout and "cli_text_v2.items" in out.stdout
+    assert "20 documents" in out.stdout and "counts match" in out.stdout
+    assert not out.error_lines and "Traceback" not in out.stderr
+
+
+def test_run_json_prints_one_json_object(cli):
+    out = cli["run_json"]
+    assert out.code == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)  # the whole of stdout is one object
+    assert summary["status"] == "completed" and summary["counts_match"] is True
+    assert summary["views"] == ["cli_json.small"]
+    [items] = summary["collections"]
+    assert (items["source_ns"], items["target_docs"], items["indexes"]) == ("cli_json.items", 20, 1)
+
+
+def test_precheck_passes_with_access_control_and_never_prints_the_password(cli):
+    out = cli["precheck_auth"]
+    assert out.code == 0, out.stdout + out.stderr[-3000:]
+    assert "precheck passed" in out.stdout
+    assert "mongodb://admin:****@" in out.stdout
+    assert "admin-secret" not in out.stdout + out.stderr
+
+
+def test_wrong_password(cli):
+    out = cli["wrong_password"]
+    assert out.code == 2
+    assert "FAIL  source connectivity" in out.stdout
+    assert "authentication failed; check username, password and auth_source" in out.stdout
+    assert out.stdout.rstrip().endswith("precheck FAILED")
+    assert WRONG_PASSWORD not in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_malformed_uri_and_unreachable_host(cli):
+    out = cli["bad_endpoints"]
+    assert out.code == 2, out.stderr[-3000:]
+    assert "source (mongodb://admin:****@127.0.0.1:99999/): malformed connection settings: " \
+           "Port must be an integer between 0 and 65535" in out.stdout
+    assert "connection refused; is mongod running on that host and port?" in out.stdout
+    assert out.error.startswith("precheck failed; nothing was written: source connectivity, "
+                                "destination connectivity")
+    assert URI_PASSWORD not in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_unreachable_host_gives_up_within_the_spec_timeout():
+    endpoint = EndpointSpec(uri=f"mongodb://127.0.0.1:{free_port()}/", timeout_s=1)
+    started = time.monotonic()
+    info = check_connectivity(endpoint, "destination")
+    assert time.monotonic() - started < 5  # the driver's default would wait 30 s
+    assert (info.reachable, info.cause) == (False, "refused")
+
+
+def test_unknown_database_and_occupied_target_fail_the_precheck_as_json(cli):
+    out = cli["unknown_database"]
+    assert out.code == 2
+    report = json.loads(out.stdout)  # the whole of stdout is one object
+    assert report["status"] == "precheck_failed"
+    failed = {i["name"]: i for i in report["items"] if i["status"] == "failed"}
+    assert list(failed) == ["selected objects", "target namespaces"]
+    assert failed["selected objects"]["detail"] == "not on the source: no_such_db"
+    assert failed["target namespaces"]["detail"] == "already hold data: cli_occupied.items"
+    assert "drop_existing_targets: true" in failed["target namespaces"]["remedy"]
+    assert out.error == "precheck failed; nothing was written: selected objects, target namespaces"
+
+
+def test_failed_migration_exits_1_in_one_line_and_debug_shows_the_traceback(cli):
+    out = cli["failed"]
+    assert out.code == 1, out.stdout + out.stderr[-3000:]
+    assert out.error.startswith("migration failed: cli_fail_a.items: document _id=")
+    assert "was refused (code 11000)" in out.error and "index: u_1 dup key" in out.error
+    assert "Traceback" not in out.stdout + out.stderr
+    # a refused document is refused again: not retried
+    assert "Retry 1/3" not in out.stderr
+
+    debug = cli["failed_debug"]
+    assert debug.code == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "tasks.copy.DocumentWriteError: cli_fail_b.items: document _id=" in debug.stderr
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_file", "nowhere.yaml: no such spec file"),
+    ("not_yaml", "not_yaml.yaml: not valid YAML at line 2"),
+    ("unknown_key", "unknown_key.yaml: copy_options.paralel_workers: unknown key"),
+    ("wrong_type", "wrong_type.yaml: objects.0.collections: Input should be a valid list; "
+                   "wrong_type.yaml: copy_options.batch_docs: Input should be a valid integer, unable to "
+                   "parse string as an integer"),
+])
+def test_bad_spec_is_one_line_naming_what_to_fix(cli, case, message):
+    out = cli[case]
+    assert out.code == 2
+    assert out.error.endswith(message), out.error
+    assert out.stdout == ""
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
