@@ -1,4 +1,4 @@
-"""`mongo-migrate`: run, precheck, verify and demo from a terminal.
+"""`mongo-migrate`: run, precheck, verify, approve and demo from a terminal.
 
 Exit codes: 0 success, 1 the migration failed, 2 bad input or a failed precheck, 3 verify found
 differences.
@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["verify"].add_argument(
         "--recheck-delay", type=float, default=None, metavar="SECONDS",
         help="wait this long before reading differing ranges again (default 5)")
+    a = sub.add_parser("approve", help="approve the cutover of a run waiting for it (incremental)")
+    a.add_argument("run_id", nargs="?", help="the waiting flow run (or its migrate run); "
+                   "omitted: the one run waiting")
+    a.add_argument("--note", default="", help="who approves and why, kept in the run's report")
+    a.add_argument("--reject", action="store_true",
+                   help="decline: end the sync without cutover (running the spec again continues it)")
+    a.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     d = sub.add_parser("demo", help="migrate sample data between two local mongods")
     d.add_argument("--dir", default=".demo", help="where the demo keeps its mongods and Prefect data")
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -97,6 +105,8 @@ def format_summary(s) -> str:
         f"({s.docs_per_s:,.0f} docs/s), {s.seconds:.1f}s in all; counts "
         + ("match" if s.counts_match else "DIFFER")
     )
+    if getattr(s, "sync", None) is not None:
+        lines.append("incremental sync: " + s.sync.describe())
     return "\n".join(lines)
 
 
@@ -126,6 +136,10 @@ def _run(args) -> int:
             else:
                 print(format_precheck(report))
             return EXIT_OK if report.passed else EXIT_BAD_INPUT
+        if spec.incremental and sys.stdin.isatty():
+            from flows.incremental import add_approval_listener
+
+            add_approval_listener(_approval_prompt)
         summary = migrate(spec)
     except PrecheckFailed as exc:
         if args.json:
@@ -143,11 +157,64 @@ def _run(args) -> int:
             raise
         _error(f"migration failed: {one_line(exc)}")
         return EXIT_FAILED
+    if summary.sync is not None and summary.sync.status != "cut_over":
+        # no cutover: approval timed out or was declined; the sync position is saved
+        if args.json:
+            print(json.dumps({"status": summary.sync.status, **summary.model_dump(mode="json")}))
+        _error(summary.sync.describe())
+        return EXIT_FAILED
     if args.json:
         print(json.dumps({"status": "completed", **summary.model_dump(mode="json"),
                           "docs_per_s": round(summary.docs_per_s, 1)}))
     else:
         print(format_summary(summary))
+    return EXIT_OK
+
+
+def _approval_prompt(run_id: str, delay: float | None) -> None:
+    """`run` in a terminal: ask for cutover approval on stdin, in a thread of its own (the flow waits in
+    its pause meanwhile, and the Prefect UI or `mongo-migrate approve` still work)."""
+
+    def ask() -> None:
+        from flows.incremental import approve_cutover
+
+        print(f"\nReady for cutover (flow run {run_id}). Approve now? "
+              "[y]es / [n]o: end the sync without cutover / Enter: keep waiting", flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes", "n", "no"):
+            print("still waiting for approval: Prefect UI, or mongo-migrate approve", flush=True)
+            return
+        print("Note (optional):", flush=True)
+        note = sys.stdin.readline().strip()
+        approve = answer.startswith("y")
+        try:
+            approve_cutover(run_id, approve=approve, note=note)
+        except Exception as exc:  # noqa: BLE001 - e.g. approved in the UI meanwhile
+            _error(f"could not answer the approval: {one_line(exc)}")
+            return
+        print("cutover approved" if approve else "cutover declined", flush=True)
+
+    threading.Thread(target=ask, daemon=True, name="approval-prompt").start()
+
+
+def _approve(args) -> int:
+    import prefect  # noqa: F401 - configures logging, which is then trimmed
+
+    if not args.debug:
+        _quiet_tracebacks()
+    from flows.incremental import ApprovalError, approve_cutover
+
+    try:
+        run = approve_cutover(args.run_id, approve=not args.reject, note=args.note)
+    except ApprovalError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if args.debug:
+            raise
+        _error(f"could not answer the approval through the Prefect API: {one_line(exc)}")
+        return EXIT_FAILED
+    print(f"cutover {'declined' if args.reject else 'approved'}: flow run {run.name} ({run.id})")
     return EXIT_OK
 
 
@@ -191,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("run", "precheck", "verify"):
             return _run(args)
+        if args.command == "approve":
+            return _approve(args)
         if args.command == "demo":
             from sandbox.demo import run_demo
 

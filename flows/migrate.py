@@ -19,6 +19,8 @@ from tasks.notify import flow_run_url, notify_finished, notify_migration_failed,
 from tasks.precheck import CheckResult, PrecheckReport, list_selected_objects_task, run_prechecks
 from tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
 from tasks.state import finish_run_task, start_run_task
+from tasks.changes import save_start_point_task
+from flows.incremental import SyncReport, incremental_sync
 from flows.verify import verify_for
 
 
@@ -62,6 +64,7 @@ class MigrationSummary(BaseModel):
     copy_seconds: float
     index_seconds: float
     counts_match: bool
+    sync: SyncReport | None = None  # incremental: the sync and its cutover
 
     @property
     def docs_per_s(self) -> float:
@@ -141,6 +144,9 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         raise PrecheckFailed(outcome.report)
     plan = outcome.plan
     run = start_run_task(spec, plan, str(flow_run.get_id() or ""))
+    if spec.incremental:
+        # before the copy reads anything: every write from here on is in the change stream
+        save_start_point_task(spec, run.resumed)
 
     data_plans = plan.data_plans
     for fut in create_target_collection_task.map(unmapped(spec), data_plans):
@@ -158,12 +164,28 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     views = create_views_task(spec, plan.views)
     indexes = {f.result().target_ns: len(f.result().built) for f in index_futures}
     index_seconds = time.monotonic() - index_started
+    sync = None
+    if spec.incremental:
+        # the changes made since the start point, then until cutover (flows/incremental.py)
+        sync = incremental_sync(spec, plan)
+        if sync.status != "cut_over":
+            # no cutover (approval timed out or declined): nothing to verify yet; the sync position
+            # is saved and the run stays unfinished, so running the spec again continues the sync
+            return MigrationSummary(
+                spec_digest=spec.digest(), source=spec.source.display(),
+                destination=spec.destination.display(), resumed=run.resumed, collections=[], views=views,
+                docs=sum(s.docs for s in stats), bytes=sum(s.bytes for s in stats),
+                seconds=round(time.monotonic() - started, 3), copy_seconds=round(copy_seconds, 3),
+                index_seconds=round(index_seconds, 3), counts_match=False, sync=sync)
+        plan = sync.plan or plan  # collections may have been created, dropped or renamed meanwhile
+        data_plans = plan.data_plans
     # the last step: counts, every document's bytes, options, indexes and views (flows/verify.py)
     verification = verify_for(spec)(spec, plan)
     counts = verification.collections
 
     summary = summarize(spec, run.resumed, data_plans, stats, counts, indexes, views,
                         time.monotonic() - started, copy_seconds, index_seconds)
+    summary.sync = sync
     create_markdown_artifact(key="migration-summary", markdown=summary_markdown(summary),
                              description="What was migrated")
     if not summary.counts_match:

@@ -1,0 +1,403 @@
+"""The `incremental-sync` subflow: keep the destination in step, wait for approval, cut over.
+
+The sync (tasks/changes.py `ChangeSync`) runs in a background thread for the whole subflow, because
+the approval pause blocks the flow's own thread: while the run waits for a person, changes keep flowing
+and the delay stays current (logged every few seconds and kept in the markdown artifact "sync-delay",
+updated in place).
+"""
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Callable, Literal
+from uuid import UUID
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run, resume_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from prefect.states import Crashed
+from pydantic import BaseModel, Field
+from pymongo import ReturnDocument
+
+from blocks.spec import MigrationSpec
+from tasks.changes import (
+    ChangeSync,
+    format_delay,
+    recopy_collection,
+    source_cluster_time,
+    sync_state_collection,
+)
+from tasks.cutover import (
+    CollectionCheck,
+    block_source_writes_task,
+    check_collection_task,
+    drain_point_task,
+    unblock_source_writes,
+)
+from tasks.namespaces import MigrationPlan, plan_namespaces_task
+
+SYNC_FLOW_NAME = "incremental-sync"
+APPROVAL_KEY = "cutover-approval"
+APPROVAL_POLL_S = 2
+REPORT_EVERY_S = 5.0
+DELAY_ARTIFACT = "sync-delay"
+
+
+class CutoverApproval(RunInput):
+    """The form a person fills in to approve (or decline) the cutover."""
+
+    approve: bool = Field(
+        True, title="Approve cutover",
+        description="Yes: stop source writes, drain the last changes, verify and end the sync. "
+        "No: end the sync now without cutover (running the spec again continues it).",
+    )
+    note: str = Field("", title="Note", description="Who decides and why; kept in the run's report.")
+
+
+class CutoverVerificationFailed(RuntimeError):
+    pass
+
+
+class SyncReport(BaseModel):
+    status: Literal["cut_over", "approval_timeout", "declined"]
+    note: str = ""
+    events_applied: int
+    ddl_applied: int
+    batches: int
+    delay_s: float | None
+    writes_blocked: bool = False
+    write_block_detail: str = ""
+    drained_to: str | None = None
+    checks: list[CollectionCheck] = []
+    plan: MigrationPlan | None = None  # the selected collections at cutover (DDL may have changed them)
+    seconds: float
+
+    def describe(self) -> str:
+        if self.status == "approval_timeout":
+            return ("no cutover: approval timed out; the sync position is saved, run the spec again to "
+                    "continue the sync")
+        if self.status == "declined":
+            return ("no cutover: declined" + (f" ({self.note})" if self.note else "")
+                    + "; the sync position is saved, run the spec again to continue the sync")
+        return (f"cut over at cluster time {self.drained_to}: {self.events_applied:,} changes applied, "
+                f"{len(self.checks)} collections checked (counts and {sum(c.sampled for c in self.checks)} "
+                f"sampled documents equal); source writes "
+                + ("blocked" if self.writes_blocked else "not blocked by mongo-migrate"))
+
+
+# The CLI's interactive prompt hears here that a run in this process waits for approval.
+_approval_listeners: list[Callable[[str, float | None], None]] = []
+
+
+def add_approval_listener(callback: Callable[[str, float | None], None]) -> None:
+    _approval_listeners.append(callback)
+
+
+def remove_approval_listener(callback: Callable[[str, float | None], None]) -> None:
+    if callback in _approval_listeners:
+        _approval_listeners.remove(callback)
+
+
+class DelayReporter:
+    """Logs the delay every few seconds and keeps the "sync-delay" artifact current, from a thread
+    (the flow's own thread may be blocked in the approval pause). If the sync fails while the run
+    waits for approval, it ends the wait (approve: false, with the reason) so the failure surfaces."""
+
+    def __init__(self, sync: ChangeSync, spec: MigrationSpec, logger) -> None:
+        self.sync, self.spec, self.logger = sync, spec, logger
+        self.threshold = spec.incremental_options.ready_delay_s
+        self.phase = "catching up"
+        self.paused_run: str | None = None
+        self._stop = threading.Event()
+        self._last_events = sync.events_applied
+        self._last_time = time.monotonic()
+        self.artifact_id = create_markdown_artifact(
+            key=DELAY_ARTIFACT, markdown=self.markdown(), description="Incremental sync delay")
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
+                                        daemon=True, name="sync-delay-reporter")
+        self._thread.start()
+
+    def line(self) -> str:
+        now = time.monotonic()
+        rate = (self.sync.events_applied - self._last_events) / max(now - self._last_time, 1e-6)
+        self._last_events, self._last_time = self.sync.events_applied, now
+        return (f"sync delay: {format_delay(self.sync.delay_s, self.threshold)}; "
+                f"{self.sync.events_applied:,} changes applied ({rate:,.0f}/s); {self.phase}")
+
+    def markdown(self) -> str:
+        delay = self.sync.delay_s
+        return "\n".join([
+            f"# Sync delay: {format_delay(delay, self.threshold)}",
+            "",
+            "| | |", "|---|---|",
+            f"| delay (s) | {'-' if delay is None else f'{delay:.1f}'} |",
+            f"| ready for cutover at | ≤ {self.threshold:g} s |",
+            f"| phase | {self.phase} |",
+            f"| changes applied | {self.sync.events_applied:,} ({self.sync.ddl_applied} DDL) |",
+            f"| applied up to cluster time | {self.sync.position_time or '-'} |",
+            f"| updated | {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC |",
+        ])
+
+    def update(self) -> None:
+        self.logger.info(self.line())
+        try:
+            with get_client(sync_client=True) as client:
+                client.update_artifact(self.artifact_id, ArtifactUpdate(data=self.markdown()))
+        except Exception as exc:  # noqa: BLE001 - the UI's copy of the delay is not worth failing for
+            self.logger.debug("could not update the sync-delay artifact: %s", exc)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(REPORT_EVERY_S):
+            if self.sync.error is not None and self.paused_run:
+                self._withdraw(f"the sync failed: {self.sync.error}")
+            self.update()
+
+    def _withdraw(self, reason: str) -> None:
+        run, self.paused_run = self.paused_run, None
+        try:
+            resume_flow_run(UUID(run), run_input={"approve": False, "note": reason[:500]})
+        except Exception as exc:  # noqa: BLE001 - already resumed by a person
+            self.logger.debug("could not end the approval wait: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.update()
+
+
+def _mark_sync_started(spec: MigrationSpec, run_id: str | None, parent_id: str | None) -> dict:
+    """Record this subflow run on the sync state; returns the state as it was (earlier runs' ids)."""
+    return sync_state_collection(spec).find_one_and_update(
+        {"_id": spec.digest()},
+        {"$set": {"sync_flow_run_id": run_id, "parent_flow_run_id": parent_id,
+                  "copy_finished_at": source_cluster_time(spec), "status": "syncing"}},
+        return_document=ReturnDocument.BEFORE,
+    ) or {}
+
+
+def _mark_sync_status(spec: MigrationSpec, status: str) -> None:
+    sync_state_collection(spec).update_one({"_id": spec.digest()}, {"$set": {"status": status}})
+
+
+def _supersede(previous: dict, current: str | None, logger) -> None:
+    """An earlier run of this spec that did not end (its process was killed) is marked Crashed, so
+    that it no longer shows as waiting for approval."""
+    stale = {previous.get("sync_flow_run_id"), previous.get("parent_flow_run_id")} - {None, current}
+    if not stale:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            for run_id in stale:
+                run = client.read_flow_run(UUID(run_id))
+                if run.state is not None and not run.state.is_final():
+                    client.set_flow_run_state(run.id, Crashed(
+                        message=f"superseded by flow run {current}: the process running it is gone"),
+                        force=True)
+                    logger.info("earlier flow run %s (%s) of this spec marked crashed", run.name, run_id)
+    except Exception as exc:  # noqa: BLE001 - tidying the UI must not stop the sync
+        logger.warning("could not mark earlier flow runs of this spec as crashed: %s", exc)
+
+
+def _notify_ready(spec: MigrationSpec, delay: float, logger) -> None:
+    try:
+        from tasks.notify import flow_run_url, notify_ready_for_cutover
+    except ImportError:  # Slack support not installed in this tree
+        return
+    try:
+        notify_ready_for_cutover(spec, delay, flow_run_url())
+    except Exception as exc:  # noqa: BLE001 - a notification never stops the migration
+        logger.warning("could not send 'ready for cutover': %s", exc)
+
+
+def _wait_until_ready(sync: ChangeSync, worker: threading.Thread, threshold: float) -> float:
+    while True:
+        if sync.error is not None:
+            raise sync.error
+        if not worker.is_alive():
+            raise RuntimeError("the sync stopped unexpectedly")
+        delay = sync.delay_s
+        if delay is not None and delay <= threshold:
+            return delay
+        time.sleep(0.2)
+
+
+def _approval_description(run_id: str | None, sync: ChangeSync, spec: MigrationSpec) -> str:
+    blocks = spec.incremental_options.block_source_writes_at_cutover
+    return "\n".join([
+        "**Ready for cutover.** The destination is "
+        f"{format_delay(sync.delay_s, spec.incremental_options.ready_delay_s)}; changes keep flowing "
+        "while this waits (see the artifact `sync-delay`).",
+        "",
+        "Approving " + ("blocks user writes on the source" if blocks else
+                        "means you stop the application's writes to the source now")
+        + ", drains the last changes, checks counts and a sample of documents, and ends the sync.",
+        "",
+        f"From a terminal: `mongo-migrate approve {run_id}`",
+    ])
+
+
+@flow(name=SYNC_FLOW_NAME, description="Apply the source's changes until cutover is approved, then cut over.")
+def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
+    logger = get_run_logger()
+    started = time.monotonic()
+    opts = spec.incremental_options
+    run_id = flow_run.get_id()
+    previous = _mark_sync_started(spec, run_id, flow_run.get_parent_flow_run_id())
+    _supersede(previous, run_id, logger)
+    timeseries = [p.source_ns for p in plan.data_plans if p.kind == "timeseries"]
+    if timeseries:
+        logger.warning("time-series collections have no change events; they are copied again at "
+                       "cutover: %s", ", ".join(timeseries))
+
+    # a rename that happened while the full copy ran may have cut that copy short: copy it again
+    sync = ChangeSync(spec, logger=logger, recopy_renames_before=source_cluster_time(spec))
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(sync.run,), daemon=True,
+                              name="incremental-sync")
+    worker.start()
+    reporter = DelayReporter(sync, spec, logger)
+
+    def report(status: str, **extra) -> SyncReport:
+        return SyncReport(status=status, events_applied=sync.events_applied, ddl_applied=sync.ddl_applied,
+                          batches=sync.batches, delay_s=sync.delay_s,
+                          seconds=round(time.monotonic() - started, 3), **extra)
+
+    def end_sync() -> None:
+        sync.stop()
+        worker.join()
+        if sync.error is not None:
+            raise sync.error
+
+    try:
+        delay = _wait_until_ready(sync, worker, opts.ready_delay_s)
+        reporter.phase = "ready for cutover: waiting for approval"
+        reporter.update()
+        logger.info("ready for cutover (%s): approve in the Prefect UI (resume this flow run) or run "
+                    "`mongo-migrate approve %s`", format_delay(delay, opts.ready_delay_s), run_id)
+        _notify_ready(spec, delay, logger)
+        for listener in list(_approval_listeners):
+            listener(run_id, delay)
+        reporter.paused_run = run_id
+        try:
+            approval = pause_flow_run(
+                wait_for_input=CutoverApproval.with_initial_data(
+                    description=_approval_description(run_id, sync, spec)),
+                timeout=opts.approval_timeout_s, poll_interval=APPROVAL_POLL_S, key=APPROVAL_KEY)
+        except FlowPauseTimeout:
+            reporter.paused_run = None
+            logger.warning("no approval within %d s: the sync stops with its position saved; run the "
+                           "spec again to continue it", opts.approval_timeout_s)
+            reporter.phase = "stopped: approval timed out"
+            end_sync()
+            _mark_sync_status(spec, "approval_timeout")
+            return report("approval_timeout")
+        reporter.paused_run = None
+        if sync.error is not None:
+            raise sync.error
+        if not approval.approve:
+            logger.warning("cutover declined%s: the sync stops with its position saved",
+                           f" ({approval.note})" if approval.note else "")
+            reporter.phase = "stopped: cutover declined"
+            end_sync()
+            _mark_sync_status(spec, "declined")
+            return report("declined", note=approval.note)
+
+        logger.info("cutover approved%s", f": {approval.note}" if approval.note else "")
+        reporter.phase = "cutover: draining"
+        block = block_source_writes_task(spec)
+        (logger.info if block.blocked else logger.warning)("cutover: %s", block.detail)
+        try:
+            point = drain_point_task(spec)
+            while not sync.wait_until_applied(point.timestamp, timeout_s=REPORT_EVERY_S):
+                logger.info("cutover: draining up to cluster time %s", point.text())
+            end_sync()
+            logger.info("cutover: every change up to cluster time %s is applied", point.text())
+            reporter.phase = "cutover: verifying"
+            final_plan = plan_namespaces_task(spec)
+            for p in final_plan.data_plans:
+                if p.kind == "timeseries":
+                    n = recopy_collection(spec, (p.source_db, p.source_name), (p.target_db, p.target_name))
+                    logger.info("cutover: copied time-series %s again (%d buckets)", p.source_ns, n)
+            checks = [f.result() for f in check_collection_task.map(
+                unmapped(spec), final_plan.data_plans, unmapped(opts.verify_sample_docs))]
+            bad = [c for c in checks if not c.ok]
+            if bad:
+                raise CutoverVerificationFailed("cutover check found differences: "
+                                                + "; ".join(c.describe() for c in bad[:5]))
+        except BaseException:
+            if block.blocked:
+                unblock_source_writes(spec)
+                logger.warning("cutover failed: user writes on the source are unblocked again")
+            raise
+        _mark_sync_status(spec, "cut_over")
+        reporter.phase = "cut over: sync ended"
+        result = report("cut_over", note=approval.note, writes_blocked=block.blocked,
+                        write_block_detail=block.detail, drained_to=point.text(), checks=checks,
+                        plan=final_plan)
+        logger.info(result.describe())
+        return result
+    finally:
+        sync.stop()
+        worker.join(30)
+        reporter.stop()
+
+
+# -- finding the run that waits (for `mongo-migrate approve`) ---------------------------------------
+class ApprovalError(RuntimeError):
+    """No run, or more than one, waits for approval; the message says what to do."""
+
+
+def _paused(flow_run_filter: FlowRunFilter | None = None) -> FlowRunFilter:
+    state = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+    if flow_run_filter is None:
+        return FlowRunFilter(state=state)
+    return flow_run_filter.model_copy(update={"state": state})
+
+
+def waiting_for_approval(run_id: str | None = None) -> list[FlowRun]:
+    """Sync runs paused for cutover approval: all of them, or the one given (a sync run's id, or the
+    id of the migrate run it belongs to)."""
+    flows = FlowFilter(name=FlowFilterName(any_=[SYNC_FLOW_NAME]))
+    with get_client(sync_client=True) as client:
+        if run_id is None:
+            runs = client.read_flow_runs(flow_filter=flows, flow_run_filter=_paused())
+        else:
+            try:
+                wanted = UUID(run_id)
+            except ValueError:
+                raise ApprovalError(f"{run_id!r} is not a flow run id (a UUID)") from None
+            runs = client.read_flow_runs(flow_filter=flows, flow_run_filter=_paused(
+                FlowRunFilter(id=FlowRunFilterId(any_=[wanted]))))
+            if not runs:
+                runs = client.read_flow_runs(flow_filter=flows, flow_run_filter=_paused(
+                    FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[wanted]))))
+    return [r for r in runs if r.state and r.state.state_details.pause_key == APPROVAL_KEY]
+
+
+def approve_cutover(run_id: str | None = None, *, approve: bool = True, note: str = "") -> FlowRun:
+    """Resume the run waiting for cutover approval with the person's answer."""
+    runs = waiting_for_approval(run_id)
+    if not runs:
+        which = f"flow run {run_id} is not" if run_id else "no run is"
+        raise ApprovalError(f"{which} waiting for cutover approval")
+    if len(runs) > 1:
+        raise ApprovalError(f"{len(runs)} runs wait for cutover approval; give one: "
+                            + ", ".join(f"{r.id} ({r.name})" for r in runs))
+    resume_flow_run(runs[0].id, run_input={"approve": approve, "note": note})
+    return runs[0]
