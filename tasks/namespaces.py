@@ -27,6 +27,11 @@ SERVER_CONFIG_COLLECTIONS = frozenset({
 SERVER_CONFIG_PREFIXES = ("cache.", "localReshardingOperations.", "localReshardingConflictStash.")
 
 
+# stored JavaScript is the user's data (mongodump keeps it too); other system.* collections hold views,
+# time-series buckets or profiles, which travel with their objects or belong to the server
+USER_SYSTEM_COLLECTIONS = frozenset({"system.js"})
+
+
 def server_managed(db: str, coll: str) -> bool:
     return db == "config" and (coll in SERVER_CONFIG_COLLECTIONS or coll.startswith(SERVER_CONFIG_PREFIXES))
 
@@ -45,7 +50,7 @@ class NamespaceMapper:
         return db in self.whole_databases or db in self.some_collections
 
     def selected(self, db: str, coll: str) -> bool:
-        if coll.startswith("system."):
+        if coll.startswith("system.") and coll not in USER_SYSTEM_COLLECTIONS:
             return False  # views, buckets and profiles travel with the objects they belong to
         if server_managed(db, coll):
             return False

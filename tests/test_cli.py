@@ -205,3 +205,24 @@ def test_bad_spec_is_one_line_naming_what_to_fix(cli, case, message):
     assert out.error.endswith(message), out.error
     assert out.stdout == ""
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_passwords_reach_no_prefect_record(cli):
+    """Flow-run parameters, logs and artifacts kept by the Prefect server hold no password."""
+    from prefect.client.orchestration import get_client
+
+    def every(read, **kw) -> list:
+        found, offset = [], 0
+        while batch := read(limit=200, offset=offset, **kw):
+            found += batch
+            offset += len(batch)
+        return found
+
+    with get_client(sync_client=True) as client:
+        records = [json.dumps(r.parameters, default=str) for r in every(client.read_flow_runs)]
+        records += [log.message for log in every(client.read_logs)]
+        records += [json.dumps(a.data, default=str) + (a.description or "") for a in every(client.read_artifacts)]
+    text = "\n".join(records)
+    assert '"password": "**********"' in text  # the specs with passwords were recorded, masked
+    for secret in ("admin-secret", WRONG_PASSWORD, URI_PASSWORD):
+        assert secret not in text

@@ -86,6 +86,8 @@ def test_every_bson_type_field_shape_and_name_is_copied_byte_for_byte(src_client
     # no _id in the file: the server adds one in front, and that stored document is what must travel
     insert_raw(src_client, "fidelity.all_in_one", load_bson("mongo-tools/bsondump/all_in_one_doc.bson"))
     insert_raw(src_client, "fidelity.shapes", ODD_SHAPES)
+    # stored JavaScript is data too
+    src_client.fidelity["system.js"].insert_one({"_id": "add", "value": Code("function (a, b) { return a + b; }")})
     # two documents of the largest size the server takes: a batch can't hold both
     big = [sized("big-max", MAX_BSON), sized("big-less", MAX_BSON - 1000)]
     insert_raw(src_client, "fidelity.big", big)
@@ -102,7 +104,7 @@ def test_every_bson_type_field_shape_and_name_is_copied_byte_for_byte(src_client
                                name_mapping={"données_δ": "dönnées_2", "données_δ.a.b.c": "ziel_ß.x.y"}))
 
     assert summary.counts_match
-    for coll in ("all_types", "sample", "all_in_one", "shapes", "big", "deep"):
+    for coll in ("all_types", "sample", "all_in_one", "shapes", "big", "deep", "system.js"):
         assert_same_documents(src_client, dst_client, f"fidelity.{coll}")
     # the exact bytes we wrote are what the destination holds (the source did not normalise them)
     shapes = set(raw_documents(dst_client, "fidelity", "shapes"))
