@@ -95,6 +95,40 @@ def view_creation_order(views: list[CollectionPlan]) -> list[CollectionPlan]:
     return ordered
 
 
+def view_source_name(view: CollectionPlan, coll: str, mapper: NamespaceMapper) -> str:
+    """What a collection a view reads is called beside the view on the destination."""
+    target_db, target_name = mapper.target(view.source_db, coll)
+    if target_db != view.target_db:
+        # a view reads from its own database only; the precheck warns about this mapping
+        log.warning("view %s reads %s, which is mapped to another database", view.source_ns, coll)
+        return coll
+    return target_name
+
+
+def map_view_pipeline(pipeline: list, view: CollectionPlan, mapper: NamespaceMapper) -> list:
+    """The pipeline with the collections it reads ($lookup, $graphLookup, $unionWith, at any depth,
+    in $facet too) under their target names."""
+
+    def rewrite(value):
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, v in value.items():
+            v = rewrite(v)
+            if key == "$unionWith" and isinstance(v, str):
+                v = view_source_name(view, v, mapper)
+            elif key in ("$lookup", "$graphLookup", "$unionWith") and isinstance(v, dict):
+                field = "coll" if key == "$unionWith" else "from"
+                if isinstance(v.get(field), str):
+                    v[field] = view_source_name(view, v[field], mapper)
+            out[key] = v
+        return out
+
+    return rewrite(pipeline)
+
+
 def create_views(spec: MigrationSpec, views: list[CollectionPlan]) -> list[str]:
     """Create the selected views on the destination, reading from the mapped collection names."""
     mapper = NamespaceMapper(spec)
@@ -102,13 +136,9 @@ def create_views(spec: MigrationSpec, views: list[CollectionPlan]) -> list[str]:
     created = []
     for view in view_creation_order(views):
         opts = dict(view.options)
-        on_db, on_name = mapper.target(view.source_db, opts["viewOn"])
-        if on_db == view.target_db:
-            opts["viewOn"] = on_name
-        else:
-            # a view reads from its own database; the precheck warns about this mapping
-            log.warning("view %s reads %s, which is mapped to another database", view.source_ns,
-                        opts["viewOn"])
+        opts["viewOn"] = view_source_name(view, opts["viewOn"], mapper)
+        if "pipeline" in opts:
+            opts["pipeline"] = map_view_pipeline(opts["pipeline"], view, mapper)
         try:
             client[view.target_db].command("create", view.target_name, **opts)
         except OperationFailure as exc:

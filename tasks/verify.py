@@ -38,6 +38,7 @@ from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import RAW, from_ejson, step, to_ejson
 from tasks.copy import SKIPPED_DOCUMENTS, CopyRange, _splittable, split_collection
 from tasks.namespaces import CollectionPlan, NamespaceMapper
+from tasks.schema import map_view_pipeline, view_source_name
 
 Side = Literal["source", "destination"]
 SIDES: tuple[Side, Side] = ("source", "destination")
@@ -251,9 +252,11 @@ def _collection_info(coll: Collection) -> dict | None:
 def compare_options(spec: MigrationSpec, plan: CollectionPlan) -> list[str]:
     source = {k: v for k, v in plan.options.items() if k not in _IGNORED_OPTIONS}
     if plan.kind == "view":
-        on_db, on_name = NamespaceMapper(spec).target(plan.source_db, source["viewOn"])
-        if on_db == plan.target_db:
-            source["viewOn"] = on_name
+        # the definition create_views wrote: mapped names in viewOn and in the pipeline
+        mapper = NamespaceMapper(spec)
+        source["viewOn"] = view_source_name(plan, source["viewOn"], mapper)
+        if "pipeline" in source:
+            source["pipeline"] = map_view_pipeline(source["pipeline"], plan, mapper)
     dest = open_client(spec.destination.resolve())[plan.target_db][plan.target_name]
     info = _collection_info(dest)
     if info is None:

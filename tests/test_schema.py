@@ -118,18 +118,30 @@ def seed_views(src_client) -> None:
                                                                          {"$project": {"total": 1}}])
     db.create_collection("by_text", viewOn="orders", pipeline=[{"$sort": {"total": -1}}],
                          collation={"locale": "en", "strength": 1})
+    # a pipeline that reads other collections, one of them renamed, at several depths
+    db.customers.insert_many([{"_id": d, "name": f"c{d}"} for d in range(7)])
+    db.create_collection("joined", viewOn="orders", pipeline=[
+        {"$match": {"_id": {"$lt": 10}}},
+        {"$lookup": {"from": "customers", "localField": "day", "foreignField": "_id", "as": "customer"}},
+        {"$facet": {"all": [{"$unionWith": {"coll": "customers", "pipeline": [
+            {"$graphLookup": {"from": "customers", "startWith": "$_id", "connectFromField": "_id",
+                              "connectToField": "_id", "as": "same"}}]}}]}},
+    ])
 
 
 def check_views(src_client, dst_client) -> None:
     """Views, a view on a view, under a database rename and a renamed source collection."""
     assert collection_options(dst_client, "shop_v2.big_orders")["viewOn"] == "orders_2024"
     assert collection_options(dst_client, "shop_v2.a_big_weekend")["viewOn"] == "big_orders"
-    for view in ("big_orders", "a_big_weekend", "by_text"):
+    for view in ("big_orders", "a_big_weekend", "by_text", "joined"):
         src_opts = collection_options(src_client, f"shop.{view}")
         dst_opts = collection_options(dst_client, f"shop_v2.{view}")
-        assert bson.encode({k: v for k, v in dst_opts.items() if k != "viewOn"}) == \
-            bson.encode({k: v for k, v in src_opts.items() if k != "viewOn"})
+        # the same definition, but for the renamed collections it reads
+        expected = json_util.dumps({k: v for k, v in src_opts.items() if k != "viewOn"}) \
+            .replace('"customers"', '"clients"')
+        assert json_util.dumps({k: v for k, v in dst_opts.items() if k != "viewOn"}) == expected
         assert list(dst_client.shop_v2[view].find()) == list(src_client.shop[view].find())
+    assert json_util.dumps(collection_options(dst_client, "shop_v2.joined")).count('"clients"') == 3
     assert len(list(dst_client.shop_v2.a_big_weekend.find())) > 0
     assert_same_documents(src_client, dst_client, "shop.orders", "shop_v2.orders_2024")
 
@@ -174,7 +186,8 @@ def test_collection_options_and_views_are_recreated(src_client, dst_client, spec
     create_indexes_from_dump(src_client, "opt.foo_ts", ts_meta)
 
     summary = migrate(spec_for(objects=[{"database": "opt"}, {"database": "shop"}],
-                               name_mapping={"shop": "shop_v2", "shop.orders": "shop_v2.orders_2024"}))
+                               name_mapping={"shop": "shop_v2", "shop.orders": "shop_v2.orders_2024",
+                                             "shop.customers": "shop_v2.clients"}))
 
     assert summary.counts_match
     names = ["capped", "collated", "strict", "lenient", "clustered", "weather", "audited", "foo_ts"]
