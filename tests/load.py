@@ -36,6 +36,9 @@ class SourceLoad:
         self.next_id = seed_docs
         self.pace_s = pace_s
         self.rounds = 0
+        # DDL starts when this is set (once the migration has passed its precheck, which reads the
+        # catalog and would race with collections that come and go)
+        self.ddl = threading.Event()
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="source-load")
@@ -90,6 +93,8 @@ class SourceLoad:
                 db.items.update_one({"_id": a}, {"$set": {"sku": kb}, "$inc": {"price": 1}}, session=session)
             s.with_transaction(swap)
         k = self.rounds
+        if not self.ddl.is_set():
+            return
         if k % 10 == 3:
             orders.create_index([("customer.address.city", 1), ("n", -1)], name="city_n")
         if k % 10 == 8:

@@ -37,6 +37,17 @@ def wait_for(condition, timeout: float = 60, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def ddl_once_started(load: SourceLoad, spec) -> None:
+    """Let the load create, drop and rename collections once the run has saved its start point (it
+    has passed its precheck, and the full copy is about to start)."""
+
+    def wait():
+        wait_for(lambda: read_sync_state(spec), timeout=120, what="the start point")
+        load.ddl.set()
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
 def assert_destination_equals_source(src_client, dst_client):
     names = user_collections(src_client, "shop")
     assert user_collections(dst_client, "shop_v2") == names
@@ -50,6 +61,7 @@ def test_sync_under_load_then_cutover_approved_from_another_thread(src_client, d
     seed(src_client)
     spec = incremental_spec(spec_for, block_source_writes_at_cutover=True)
     load = SourceLoad(src_client, pace_s=0.05).start()  # runs during the full copy and the sync
+    ddl_once_started(load, spec)
     approved: list = []
 
     def approver():
@@ -79,3 +91,106 @@ def test_sync_under_load_then_cutover_approved_from_another_thread(src_client, d
         if not load._stop.is_set():
             load._stop.set()
         src_client.admin.command("setUserWriteBlockMode", **{"global": False})
+
+
+def spec_file(tmp_path, source, dest, **options) -> str:
+    data = {"source": {"uri": source.admin_uri()}, "destination": {"uri": dest.admin_uri()},
+            "migration_types": ["full", "incremental"], "objects": [{"database": "shop"}],
+            "name_mapping": MAPPING, "incremental_options": {"checkpoint_interval_s": 0.5, **options}}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def start_cli(prefect_api, log_path, *args, **popen):
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    stdout = popen.pop("stdout") if "stdout" in popen else open(log_path, "w")
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
+                            stdout=stdout, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_sync_killed_then_run_again_and_approved_from_another_process(
+        source, dest, src_client, dst_client, spec_for, prefect_api, run_cli, tmp_path):
+    seed(src_client, docs=500)
+    path = spec_file(tmp_path, source, dest)
+    spec = incremental_spec(spec_for)
+    load = SourceLoad(src_client, pace_s=0.05).start()
+    ddl_once_started(load, spec)
+    first = start_cli(prefect_api, tmp_path / "first.log", "run", path)
+    try:
+        killed = wait_for(lambda: waiting_for_approval(), timeout=120, what="the first run to wait")[0]
+        applied = read_sync_state(spec)["events_applied"]
+        # while the run waits for approval, changes keep being applied and saved
+        wait_for(lambda: read_sync_state(spec)["events_applied"] > applied + 50, what="more changes")
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(30) == -signal.SIGKILL
+        time.sleep(1)  # the load goes on with no sync running
+
+        second = start_cli(prefect_api, tmp_path / "second.log", "run", path)
+        waiting = wait_for(lambda: [r for r in waiting_for_approval() if r.id != killed.id], timeout=120,
+                           what="the second run to wait")
+        # the killed run was marked crashed: only the new one waits, so `approve` needs no id
+        assert [r.id for r in waiting_for_approval()] == [waiting[0].id]
+        load.stop()
+        approved = run_cli("approve", "--note", "from another process")
+        assert approved.returncode == 0, approved.stderr
+        assert f"cutover approved: flow run {waiting[0].name} ({waiting[0].id})" in approved.stdout
+        assert second.wait(180) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        load._stop.set()
+        for p in (first, locals().get("second")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    log = (tmp_path / "second.log").read_text()
+    assert "sync resumes from its checkpoint" in log and "incremental sync: cut over" in log
+    assert_destination_equals_source(src_client, dst_client)
+    nobody = run_cli("approve")
+    assert nobody.returncode == 2 and "no run is waiting for cutover approval" in nobody.stderr
+
+
+def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_client, spec_for):
+    seed(src_client, docs=200)
+    summary = migrate(incremental_spec(spec_for, approval_timeout_s=1))
+    assert summary.sync.status == "approval_timeout" and not summary.counts_match
+    spec = incremental_spec(spec_for)
+    state = read_sync_state(spec)
+    assert state["status"] == "approval_timeout" and state["token"]
+    # written while no sync runs: the rerun picks it up from the saved position
+    src_client.shop.orders.update_many({"n": {"$lt": 50}}, {"$set": {"customer.address.zip": "69001"}})
+    src_client.shop.orders.delete_many({"n": {"$gte": 150}})
+    src_client.shop.create_collection("later")
+    src_client.shop.later.insert_one({"_id": "x"})
+
+    def approver():
+        run = wait_for(lambda: waiting_for_approval(), what="the run to wait")[0]
+        approve_cutover(str(run.id), note="rerun")
+
+    threading.Thread(target=approver, daemon=True).start()
+    summary = migrate(spec)
+    assert summary.resumed and summary.sync.status == "cut_over" and summary.counts_match
+    assert_destination_equals_source(src_client, dst_client)
+
+
+def test_interactive_approval_at_the_terminal(source, dest, src_client, dst_client, prefect_api, tmp_path):
+    seed(src_client, docs=100)
+    path = spec_file(tmp_path, source, dest)
+    controller, terminal = os.openpty()
+    run = start_cli(prefect_api, None, "run", path, stdin=terminal, stdout=subprocess.PIPE)
+    os.close(terminal)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("Approve now?" in line for line in lines), timeout=120, what="the prompt")
+        os.write(controller, b"y\n")
+        wait_for(lambda: any("Note (optional)" in line for line in lines), what="the note prompt")
+        os.write(controller, b"at the terminal\n")
+        assert run.wait(120) == 0, "".join(lines)[-3000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+        os.close(controller)
+    reader.join(10)
+    out = "".join(lines)
+    assert "cutover approved" in out and "incremental sync: cut over" in out
+    assert_destination_equals_source(src_client, dst_client)
