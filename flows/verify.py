@@ -90,7 +90,12 @@ def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
         if plan.missing:
             raise VerificationUnavailable("selected but not on the source: " + ", ".join(plan.missing))
     started = time.monotonic()
-    futures = verify_collection_task.map(unmapped(spec), plan.collections, unmapped(recheck_delay_s))
+    # at most two range reads per copy worker at any time, however the collections are sized: a
+    # collection alone gets every read, several share them (memory stays flat, see bench/verify.py)
+    at_once = max(1, min(spec.copy_options.parallel_workers, len(plan.data_plans)))
+    scan_threads = max(2, 2 * spec.copy_options.parallel_workers // at_once)
+    futures = verify_collection_task.map(unmapped(spec), plan.collections, unmapped(recheck_delay_s),
+                                         unmapped(scan_threads))
     report = VerificationReport(collections=[f.result() for f in futures])
     report.seconds = round(time.monotonic() - started, 3)
     create_table_artifact(

@@ -372,9 +372,13 @@ def _recorded_skips(spec: MigrationSpec, plan: CollectionPlan, elements: list[by
     return {keys[r["id_ejson"]] for r in recorded}
 
 
-def verify_collection(spec: MigrationSpec, plan: CollectionPlan,
-                      recheck_delay_s: float = RECHECK_DELAY_S) -> CollectionVerification:
-    """Compare one selected collection (or view) with its mapped target. See the module docstring."""
+def verify_collection(spec: MigrationSpec, plan: CollectionPlan, recheck_delay_s: float = RECHECK_DELAY_S,
+                      scan_threads: int | None = None) -> CollectionVerification:
+    """Compare one selected collection (or view) with its mapped target. See the module docstring.
+
+    Up to `scan_threads` range reads run at once (a source and a destination read per range);
+    by default two per copy worker.
+    """
     started = time.monotonic()
     result = CollectionVerification(source_ns=plan.source_ns, target_ns=plan.target_ns, kind=plan.kind)
     result.problems += compare_options(spec, plan)
@@ -389,7 +393,7 @@ def verify_collection(spec: MigrationSpec, plan: CollectionPlan,
 
     # any cut will do for comparing; verification writes nothing on the destination
     ranges = split_collection(spec, plan, remember=False)
-    workers = max(2, min(2 * len(ranges), spec.copy_options.parallel_workers))
+    workers = max(2, min(2 * len(ranges), scan_threads or 2 * spec.copy_options.parallel_workers))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
         def digest_all(rngs: list[CopyRange]) -> list[tuple[RangeDigest, RangeDigest]]:
             futures = [(pool.submit(digest_range, spec, r, "source"), pool.submit(digest_range, spec, r, "destination"))
