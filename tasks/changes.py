@@ -361,6 +361,9 @@ def change_stream_pipeline(mapper: NamespaceMapper) -> list[dict]:
             out.append({f"{prefix}.db": {"$in": sorted(mapper.whole_databases)}})
         for db, colls in sorted(mapper.some_collections.items()):
             out.append({f"{prefix}.db": db, f"{prefix}.coll": {"$in": sorted(colls)}})
+            if prefix == "ns":
+                # dropping the database drops its views without a drop event each
+                out.append({"ns.db": db, "operationType": "dropDatabase"})
         return out
 
     # renames match on either side: into or out of the selection
@@ -492,6 +495,7 @@ class ChangeSync:
         self.writes_applied = 0
         self.batches = 0
         self.ddl_applied = 0
+        self.unique_conflicts = 0  # writes a unique index refused at first (see _resolve_conflicts)
         self.caught_up = False
         self.position_time: Timestamp | None = None  # cluster time up to which changes are applied
         self._applied_wall: float | None = None  # the source's wall clock for the same
@@ -775,6 +779,7 @@ class ChangeSync:
         current source state, which makes room in turn where needed. The source is consistent at any
         instant, so current states fit together; a restart writes back what a crash left parked."""
         with self._conflict_lock:  # one resolution at a time: they share the parked list on record
+            self.unique_conflicts += len(conflicts)
             parked: list[DocWrite] = []
             for write, _error in conflicts:
                 self._write_making_room(write, parked)
