@@ -202,8 +202,15 @@ def _approve(args) -> int:
 
     if not args.debug:
         _quiet_tracebacks()
+    from prefect.settings import get_current_settings
+
     from flows.incremental import ApprovalError, approve_cutover
 
+    if not get_current_settings().api.url:
+        # without a server each process would start a temporary one of its own, which knows no run
+        _error("no Prefect server is configured (PREFECT_API_URL): answer the prompt in the terminal "
+               "running the migration, or run it against a Prefect server and set PREFECT_API_URL here")
+        return EXIT_BAD_INPUT
     try:
         run = approve_cutover(args.run_id, approve=not args.reject, note=args.note)
     except ApprovalError as exc:

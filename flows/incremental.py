@@ -39,6 +39,8 @@ from pymongo import ReturnDocument
 from blocks.spec import MigrationSpec
 from tasks.changes import (
     ChangeSync,
+    OplogWindowExceeded,
+    abandon_run,
     format_delay,
     recopy_collection,
     source_cluster_time,
@@ -352,6 +354,9 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
                         plan=final_plan)
         logger.info(result.describe())
         return result
+    except OplogWindowExceeded as exc:
+        abandon_run(spec, str(exc))
+        raise
     finally:
         sync.stop()
         worker.join(30)

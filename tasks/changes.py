@@ -54,6 +54,7 @@ from blocks.spec import META_DATABASE, SYSTEM_DATABASES, MigrationSpec
 from tasks.common import RAW, step, to_ejson
 from tasks.copy import insert_raw_batch
 from tasks.namespaces import CollectionPlan, NamespaceMapper
+from tasks.precheck import RUNS
 from tasks.schema import build_indexes, create_target_collection, create_views
 
 log = logging.getLogger("mongo_migrate.changes")
@@ -410,6 +411,15 @@ def save_start_point(spec: MigrationSpec, resumed: bool) -> SyncStart:
         "created": datetime.now(timezone.utc),
     }, upsert=True)
     return SyncStart(cluster_time=_ts_text(token_time(token)), kept=False)
+
+
+def abandon_run(spec: MigrationSpec, reason: str) -> None:
+    """The run cannot continue (its sync position left the oplog): mark it over, so that running the
+    spec again starts a fresh full migration instead of resuming this one."""
+    meta = open_client(spec.destination.resolve())[META_DATABASE]
+    meta[RUNS].update_one({"_id": spec.digest()}, {"$set": {
+        "finished": True, "abandoned": reason, "updated": datetime.now(timezone.utc)}})
+    meta[SYNC_STATE].update_one({"_id": spec.digest()}, {"$set": {"status": "abandoned"}})
 
 
 def source_cluster_time(spec: MigrationSpec) -> Timestamp:

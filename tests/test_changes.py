@@ -26,6 +26,7 @@ from tasks.changes import (
     OplogWindowExceeded,
     RecopyCollection,
     RenameCollection,
+    abandon_run,
     change_stream_pipeline,
     format_delay,
     partition_writes,
@@ -38,6 +39,9 @@ from tasks.changes import (
     transaction_of,
 )
 from tasks.common import RAW
+from tasks.namespaces import plan_namespaces
+from tasks.precheck import resumable_run
+from tasks.state import start_run
 from tasks.namespaces import NamespaceMapper
 from tests.conftest import assert_same_documents, index_specs, user_collections
 
@@ -354,6 +358,11 @@ def test_a_position_no_longer_in_the_oplog_fails_with_what_to_do(src_client, dst
     with pytest.raises(OplogWindowExceeded) as err:
         ChangeSync(spec).run()
     assert "oplog window was exceeded" in str(err.value) and "run the full migration again" in str(err.value)
+    # the incremental-sync flow then marks the run over: the next run of the spec starts afresh
+    start_run(spec, plan_namespaces(spec), None)
+    assert resumable_run(spec) is not None
+    abandon_run(spec, str(err.value))
+    assert resumable_run(spec) is None and read_sync_state(spec)["status"] == "abandoned"
 
 
 def test_delay_is_measured_against_the_source_clock(src_client, dst_client, spec_for):

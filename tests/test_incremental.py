@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from flows.incremental import ApprovalError, approve_cutover, waiting_for_approval
+from flows.incremental import approve_cutover, waiting_for_approval
 from flows.migrate import migrate
 from tasks.changes import read_sync_state
 from tests.conftest import ROOT, assert_same_documents, index_specs, user_collections
@@ -146,6 +146,10 @@ def test_sync_killed_then_run_again_and_approved_from_another_process(
     assert_destination_equals_source(src_client, dst_client)
     nobody = run_cli("approve")
     assert nobody.returncode == 2 and "no run is waiting for cutover approval" in nobody.stderr
+    unknown = run_cli("approve", "not-a-run")
+    assert unknown.returncode == 2 and "'not-a-run' is not a flow run id" in unknown.stderr
+    serverless = run_cli("approve", env={"PREFECT_API_URL": ""})
+    assert serverless.returncode == 2 and "no Prefect server is configured" in serverless.stderr
 
 
 def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_client, spec_for):
