@@ -30,12 +30,26 @@ def split_uri_password(uri: str) -> tuple[str, str | None, str | None]:
     return clean, unquote(user) or None, (unquote(password) if sep else None)
 
 
+def unescaped_credentials(uri: str) -> bool:
+    """A user name or password with an unescaped / ? or #: the '@' after it is no longer in the host
+    part, where URI parsers look for credentials, so the password would stay in the URI."""
+    rest = uri.partition("://")[2]
+    if "@" not in rest or "@" in urlsplit(uri).netloc:
+        return False
+    before_at = rest.rpartition("@")[0]
+    # an '@' inside an option value (?appName=a@b) is not one of these
+    return "?" not in before_at or "=" not in before_at.partition("?")[2]
+
+
 def redact_uri(uri: str) -> str:
     """The URI as it may be shown: any password replaced by ****."""
     try:
         parts = urlsplit(uri)
     except ValueError:
         return "<unparseable URI>"
+    if unescaped_credentials(uri):
+        scheme, _, rest = uri.partition("://")
+        return f"{scheme}://****@{rest.rpartition('@')[2]}"
     if "@" not in parts.netloc:
         return uri
     userinfo, _, hosts = parts.netloc.rpartition("@")
@@ -46,7 +60,8 @@ def redact_uri(uri: str) -> str:
 class MongoConnection(BaseModel):
     """Everything needed to open a client on one deployment."""
 
-    model_config = ConfigDict(extra="forbid")
+    # a validation error never repeats its input: the input may hold a password
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     uri: str | None = Field(
         None,
@@ -83,6 +98,9 @@ class MongoConnection(BaseModel):
 
     @model_validator(mode="after")
     def _move_password_out_of_uri(self) -> "MongoConnection":
+        if self.uri and unescaped_credentials(self.uri):
+            raise ValueError("the user name or password in uri holds an unescaped '/', '?' or '#': "
+                             "percent-escape it (urllib.parse.quote_plus) or give it in password")
         if self.uri and "@" in self.uri:
             clean, user, password = split_uri_password(self.uri)
             # assignment through __dict__ avoids re-running this validator
@@ -97,13 +115,14 @@ class MongoConnection(BaseModel):
         """Where this points, safe to print."""
         if not self.uri:
             return "<no uri>"
+        uri = redact_uri(self.uri)  # credentials still in the URI (unescaped, so not moved out)
         if self.username:
-            parts = urlsplit(self.uri)
+            parts = urlsplit(uri)
             return urlunsplit(
                 (parts.scheme, f"{quote(self.username, safe='')}:****@{parts.netloc}", parts.path,
                  parts.query, parts.fragment)
             )
-        return self.uri
+        return uri
 
     def client_kwargs(self) -> dict[str, Any]:
         ms = int(self.timeout_s * 1000)

@@ -252,7 +252,8 @@ class Notifications(BaseModel):
 class MigrationSpec(BaseModel):
     """What to migrate, from where to where."""
 
-    model_config = ConfigDict(extra="forbid", title="Migration spec")
+    # hide_input_in_errors: a validation error never repeats the input, which may hold a password
+    model_config = ConfigDict(extra="forbid", title="Migration spec", hide_input_in_errors=True)
 
     source: EndpointSpec = Field(title="Source", description="The deployment to migrate from.")
     destination: EndpointSpec = Field(title="Destination", description="The deployment to migrate to.")

@@ -21,6 +21,7 @@ from tests.conftest import _drop_user_databases
 
 WRONG_PASSWORD = "Wr0ng-Pa55word-7c1e"
 URI_PASSWORD = "S3cret-In-A-Bad-Uri"
+UNESCAPED_PASSWORD = "S3cret/Not?Escaped"  # breaks the URI where parsers look for credentials
 ERROR = "mongo-migrate: error: "
 
 
@@ -86,6 +87,8 @@ def cli(source_server, dest_server, run_cli, tmp_path_factory):
         "missing_file": ["run", str(tmp / "nowhere.yaml")],
         "not_yaml": ["precheck", str(tmp / "not_yaml.yaml")],
         "unknown_key": ["run", spec_file("unknown_key", src_uri, dst_uri, copy_options={"paralel_workers": 2})],
+        "unescaped_password": ["run", spec_file("unescaped", f"mongodb://admin:{UNESCAPED_PASSWORD}@127.0.0.1/",
+                                                dst_uri)],
         "wrong_type": ["run", spec_file("wrong_type", src_uri, dst_uri, copy_options={"batch_docs": "lots"},
                                         objects=[{"database": "cli_text", "collections": "items"}])],
     }
@@ -155,6 +158,18 @@ def test_malformed_uri_and_unreachable_host(cli):
     assert "Traceback" not in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("uri, problem", [
+    ("mongodb://u:pw-secret@127.0.0.1:99999/", "Port must be an integer between 0 and 65535"),
+    ("mongodb://u:pw-secret@127.0.0.1:1,/", "Empty host (or extra comma in host list)"),
+])
+def test_malformed_uris_are_named_without_their_password(uri, problem):
+    info = check_connectivity(EndpointSpec(uri=uri), "source")
+    assert (info.reachable, info.cause) == (False, "uri")
+    assert info.problem.startswith("source (mongodb://u:****@127.0.0.1:")
+    assert info.problem.endswith(f": malformed connection settings: {problem}")
+    assert "pw-secret" not in info.problem
+
+
 def test_unreachable_host_gives_up_within_the_spec_timeout():
     endpoint = EndpointSpec(uri=f"mongodb://127.0.0.1:{free_port()}/", timeout_s=1)
     started = time.monotonic()
@@ -195,6 +210,8 @@ def test_failed_migration_exits_1_in_one_line_and_debug_shows_the_traceback(cli)
     ("missing_file", "nowhere.yaml: no such spec file"),
     ("not_yaml", "not_yaml.yaml: not valid YAML at line 2"),
     ("unknown_key", "unknown_key.yaml: copy_options.paralel_workers: unknown key"),
+    ("unescaped_password", "unescaped.yaml: source: the user name or password in uri holds an unescaped "
+                           "'/', '?' or '#': percent-escape it (urllib.parse.quote_plus) or give it in password"),
     ("wrong_type", "wrong_type.yaml: objects.0.collections: Input should be a valid list; "
                    "wrong_type.yaml: copy_options.batch_docs: Input should be a valid integer, unable to "
                    "parse string as an integer"),
@@ -205,6 +222,7 @@ def test_bad_spec_is_one_line_naming_what_to_fix(cli, case, message):
     assert out.error.endswith(message), out.error
     assert out.stdout == ""
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert UNESCAPED_PASSWORD not in out.stderr
 
 
 def test_passwords_reach_no_prefect_record(cli):
@@ -224,5 +242,5 @@ def test_passwords_reach_no_prefect_record(cli):
         records += [json.dumps(a.data, default=str) + (a.description or "") for a in every(client.read_artifacts)]
     text = "\n".join(records)
     assert '"password": "**********"' in text  # the specs with passwords were recorded, masked
-    for secret in ("admin-secret", WRONG_PASSWORD, URI_PASSWORD):
+    for secret in ("admin-secret", WRONG_PASSWORD, URI_PASSWORD, UNESCAPED_PASSWORD):
         assert secret not in text
