@@ -80,6 +80,22 @@ class OplogWindowExceeded(RuntimeError):
         )
 
 
+# the destination is going away, restarting or failing over: the same write succeeds a moment later
+_UNAVAILABLE_CODES = {6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436}
+
+
+def destination_unavailable(exc: BaseException) -> bool:
+    """A failure that ends when the destination is back (not a write it refuses)."""
+    if isinstance(exc, ConnectionFailure):  # unreachable, timed out, no primary to select
+        return True
+    if isinstance(exc, BulkWriteError):
+        errors = exc.details.get("writeErrors", [])
+        return bool(errors) and all(e.get("code") in _UNAVAILABLE_CODES for e in errors)
+    if isinstance(exc, OperationFailure):
+        return exc.has_error_label("RetryableWriteError") or exc.code in _UNAVAILABLE_CODES
+    return False
+
+
 class ChangeApplyError(RuntimeError):
     """The destination refused a change for another reason than a passing unique-key conflict."""
 
@@ -717,7 +733,28 @@ class ChangeSync:
         self._applied_wall = wall if wall is not None else float(self.position_time.time)
         self.events_applied += events
 
+    def _while_destination_unavailable(self, what: str, fn: Callable, *args: Any) -> Any:
+        """Run `fn` again while the destination is down or failing over, for up to RECONNECT_FOR_S
+        (a batch is whole-document upserts and deletes, DDL and checkpoints are idempotent: doing
+        one twice is harmless). A sync that is stopping does not wait."""
+        failing_since: float | None = None
+        while True:
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if not destination_unavailable(exc) or self._stop.is_set():
+                    raise
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > self.RECONNECT_FOR_S:
+                    raise
+                self.log.warning("destination unavailable while %s (%s); retrying", what, type(exc).__name__)
+                self._stop.wait(1.0)
+
     def _flush(self, batch: Batch) -> Batch:
+        return self._while_destination_unavailable("applying changes", self._apply_batch, batch)
+
+    def _apply_batch(self, batch: Batch) -> Batch:
         if not batch.events:
             return batch
         if batch.writes:
@@ -761,6 +798,8 @@ class ChangeSync:
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             refused = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+            if refused and destination_unavailable(exc):
+                raise  # retried whole by _flush
             if refused:
                 first = refused[0]
                 raise ChangeApplyError(
@@ -845,6 +884,9 @@ class ChangeSync:
 
     # -- DDL ----------------------------------------------------------------------------------------
     def apply_action(self, action: Action) -> None:
+        self._while_destination_unavailable(action.describe(), self._apply_action, action)
+
+    def _apply_action(self, action: Action) -> None:
         self.log.info("sync: %s", action.describe())
         dest = open_client(self.spec.destination.resolve())
         try:
@@ -943,6 +985,9 @@ class ChangeSync:
 
     def save_checkpoint(self) -> None:
         """Save the position of the last applied batch (a restarted sync replays from there)."""
+        self._while_destination_unavailable("saving the sync position", self._save_checkpoint)
+
+    def _save_checkpoint(self) -> None:
         self._last_checkpoint = time.monotonic()
         if self._token is None or self._token is self._saved_token:
             return
