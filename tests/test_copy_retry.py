@@ -9,6 +9,7 @@ from bson import Binary, Int64, MaxKey, MinKey
 from bson.raw_bson import RawBSONDocument
 
 import tasks.copy
+from blocks.mongo import close_clients
 from blocks.spec import META_DATABASE
 from flows.migrate import migrate
 from sandbox.mongod import Mongod
@@ -115,3 +116,4 @@ def test_migration_retries_ranges_the_destination_dropped(source, src_client, tm
         assert summary.counts_match
         assert summary.collections[0].target_docs == len(docs)
         assert_same_documents(src_client, dst_client, "flaky.items")
+        close_clients()  # while this mongod still answers: closing a client ends its sessions there
