@@ -144,11 +144,7 @@ class CopyOptions(BaseModel):
     )
     batch_docs: int = Field(
         2000, ge=1, le=100_000, title="Documents per insert batch",
-        description="Most documents read and inserted in one batch.",
-    )
-    batch_mb: float = Field(
-        8.0, gt=0, le=48, title="Megabytes per insert batch",
-        description="Most megabytes read and inserted in one batch.",
+        description="Most documents read and inserted in one batch (a batch never exceeds 16 MB).",
     )
     range_docs: int = Field(
         250_000, ge=1000, title="Documents per copy range",

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 
+import bson
 from bson import MaxKey
 from pydantic import BaseModel
 from pymongo import ASCENDING, CursorType
@@ -234,17 +235,19 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
         # so every attempt empties the target (it holds only this run's documents) and starts over
         target.delete_many({})
         state, lower = {}, None
-        cursor = source.find({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
+        cursor = source.find_raw_batches({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
     else:
         # walk the _id index (the clustered one too) with index bounds: min/max follow BSON order
         # across types, where a {$gte: ...} query would only match the bound's own type
-        cursor = source.find({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
+        cursor = source.find_raw_batches({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
         cursor = cursor.hint([("_id", ASCENDING)])
         if lower is not None:
             cursor = cursor.min(list(lower.items()))
         if upper is not None:
             cursor = cursor.max(list(upper.items()))
-    batches: Iterable[list] = iter(lambda: cursor.to_list(batch_docs), [])
+    # one server reply at a time: at most batch_docs documents and never over 16 MB, whatever the
+    # documents' sizes, so memory stays bounded
+    batches: Iterable[list] = (bson.decode_all(raw, RAW) for raw in cursor)
     if lower is not None and upper is None:
         # an index scan from `min` with no `max` stops before an _id of MaxKey (seen on 6.0)
         batches = itertools.chain(batches, (source.find({"_id": MaxKey()}).to_list() for _ in (1,)))
