@@ -11,6 +11,8 @@ import threading
 import time
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from flows.incremental import approve_cutover, waiting_for_approval
 from flows.migrate import migrate
@@ -84,6 +86,12 @@ def test_sync_under_load_then_cutover_approved_from_another_thread(src_client, d
         assert summary.counts_match
         assert_destination_equals_source(src_client, dst_client)
         assert read_sync_state(spec)["status"] == "cut_over"
+        # the delay artifact was kept current in place: one artifact, its last state the cutover
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["sync-delay"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id for run in approved])))
+        assert len(artifacts) == 1 and "cut over: sync ended" in artifacts[0].data
         # the source's writes stay blocked after cutover
         with pytest.raises(Exception, match="User writes blocked"):
             src_client.shop.orders.insert_one({"late": True})
