@@ -384,3 +384,22 @@ def test_delay_is_measured_against_the_source_clock(src_client, dst_client, spec
     finally:
         sync.stop()
         t.join(30)
+
+
+def test_a_time_series_collection_is_copied_again_whole(src_client, dst_client, spec_for):
+    """Time-series collections have no change events: the cutover copies them again (buckets)."""
+    from datetime import datetime, timedelta
+
+    from tasks.changes import recopy_collection
+
+    spec = sync_spec(spec_for, objects=[{"database": "shop"}], name_mapping={"shop": "shop_v2"})
+    src_client.shop.create_collection("metrics", timeseries={"timeField": "t", "metaField": "m",
+                                                             "granularity": "minutes"})
+    start = datetime(2024, 1, 1)
+    src_client.shop.metrics.insert_many([{"t": start + timedelta(minutes=i), "m": i % 3, "v": i} for i in range(300)])
+    dst_client.shop_v2.create_collection("metrics", timeseries={"timeField": "t", "metaField": "m"})
+    dst_client.shop_v2.metrics.insert_one({"t": start, "m": 9, "v": "stale"})
+    assert recopy_collection(spec, ("shop", "metrics"), ("shop_v2", "metrics")) > 0
+    assert_same_documents(src_client, dst_client, "shop.system.buckets.metrics", "shop_v2.system.buckets.metrics")
+    options = next(dst_client.shop_v2.list_collections(filter={"name": "metrics"}))["options"]["timeseries"]
+    assert options["granularity"] == "minutes" and options["metaField"] == "m"
