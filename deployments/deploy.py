@@ -1,10 +1,10 @@
 """The project's Prefect deployments, registered on the server PREFECT_API_URL names.
 
-    python -m deployments.deploy [--pool NAME] [--pool-type process|docker|kubernetes]
-                                 [--image IMAGE] [--timezone ZONE] [--off-peak-cron "0 2 * * *"]
+    python -m deployments.deploy [--pool NAME] [--image IMAGE] [--timezone ZONE]
+                                 [--off-peak-cron "0 2 * * *"]
 
-Registers the block types (MongoEndpoint, and SlackNotifier once blocks/slack.py exists), creates the
-work pool when it is missing, and creates or updates three deployments:
+Registers the block types (MongoEndpoint, SlackNotifier), creates the work pool when it is missing,
+and creates or updates three deployments:
 
 - migrate/on-demand   the whole migration, started from the UI or `prefect deployment run`
 - migrate/off-peak    the same, on a cron schedule in a time zone (02:00 local time by default)
@@ -14,14 +14,13 @@ Their default parameters name the endpoints by block: save MongoEndpoint blocks 
 `migration-source` and `migration-destination` (or pick other block names in the run form).
 
 With the default process pool the flows run from this checkout (a worker started here). For a docker
-or kubernetes pool pass `--image`: an image that holds this project installed, with its working
-directory at the project root; nothing is built or pushed here.
+or kubernetes pool pass `--image`: an image with this project installed (`pip install .`); runs import
+the flows by module path (flows.migrate.migrate). Nothing is built or pushed here.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -91,13 +90,11 @@ def off_peak_schedule(cron: str = OFF_PEAK_CRON, timezone: str | None = None):
 
 
 def register_blocks() -> list[str]:
-    """`prefect block register -m <module>` for each block module of the project that exists."""
+    """What `prefect block register -m <module>` does, for each block module of the project."""
     from prefect.blocks.core import Block
 
     registered = []
     for name in BLOCK_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
         module = importlib.import_module(name)
         for value in vars(module).values():
             if (isinstance(value, type) and issubclass(value, Block) and value is not Block
@@ -107,21 +104,30 @@ def register_blocks() -> list[str]:
     return registered
 
 
-def ensure_work_pool(name: str, pool_type: str) -> None:
+def check_work_pool(name: str, image: str | None) -> None:
+    """Create the default process pool when it is missing; any other pool must exist already.
+
+    Docker and kubernetes pools get their job template from their worker package (prefect-docker,
+    prefect-kubernetes), so they are created with `prefect work-pool create`, not here.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
-        except ObjectAlreadyExists:
             pool = client.read_work_pool(name)
-            if pool.type != pool_type:
+        except ObjectNotFound:
+            if image:
                 raise DeployError(
-                    f"work pool {name!r} exists with type {pool.type!r}, not {pool_type!r}: "
-                    "choose another --pool name or --pool-type"
-                ) from None
+                    f"work pool {name!r} does not exist: create it first, e.g. `prefect work-pool "
+                    f"create {name} --type docker` (or --type kubernetes)") from None
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            return
+    if pool.type == "process" and image:
+        raise DeployError(f"work pool {name!r} is a process pool: it runs this checkout, drop --image")
+    if pool.type != "process" and not image:
+        raise DeployError(f"work pool {name!r} ({pool.type}) runs flows in an image: give --image")
 
 
 def build_deployments(*, timezone: str | None = None, cron: str = OFF_PEAK_CRON,
@@ -161,16 +167,14 @@ def _describe(flow_name: str, name: str, schedule) -> str:
     return f"{what} Runs at '{schedule.cron}' in {schedule.timezone}; pause the schedule when done."
 
 
-def deploy_all(*, pool: str = DEFAULT_POOL, pool_type: str = "process", image: str | None = None,
-               timezone: str | None = None, cron: str = OFF_PEAK_CRON) -> list:
+def deploy_all(*, pool: str = DEFAULT_POOL, image: str | None = None, timezone: str | None = None,
+               cron: str = OFF_PEAK_CRON) -> list:
     """Register blocks, ensure the pool, create or update the deployments; returns their ids."""
     from prefect import deploy
 
-    if pool_type != "process" and not image:
-        raise DeployError(f"a {pool_type} work pool runs flows in an image: give --image")
     deployments = build_deployments(timezone=timezone, cron=cron, image=image)
+    check_work_pool(pool, image)
     register_blocks()
-    ensure_work_pool(pool, pool_type)
     kwargs = {"image": image, "build": False, "push": False} if image else {}
     ids = deploy(*deployments, work_pool_name=pool, print_next_steps_message=False,
                  ignore_warnings=True, **kwargs)
@@ -195,10 +199,9 @@ def schedule_upcoming_runs(deployment_ids: list) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deployments.deploy",
                                 description=__doc__.strip().splitlines()[0])
-    p.add_argument("--pool", default=DEFAULT_POOL, help="work pool name (default %(default)s)")
-    p.add_argument("--pool-type", default="process", help="type of a pool created here: "
-                   "process (default), docker, kubernetes, ...")
-    p.add_argument("--image", help="image holding this project, for docker or kubernetes pools")
+    p.add_argument("--pool", default=DEFAULT_POOL, help="work pool (default %(default)s, a process "
+                   "pool created when missing; a docker or kubernetes pool must exist)")
+    p.add_argument("--image", help="image with this project installed, for a docker or kubernetes pool")
     p.add_argument("--timezone", help="time zone of the off-peak schedule (default: this machine's)")
     p.add_argument("--off-peak-cron", default=OFF_PEAK_CRON, help="default %(default)r")
     return p
@@ -215,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(e.g. http://127.0.0.1:4200/api) or run `make serve`", file=sys.stderr)
         return 2
     try:
-        deploy_all(pool=args.pool, pool_type=args.pool_type, image=args.image,
+        deploy_all(pool=args.pool, image=args.image,
                    timezone=args.timezone, cron=args.off_peak_cron)
     except DeployError as exc:
         print(f"deploy: error: {exc}", file=sys.stderr)

@@ -134,6 +134,20 @@ class ServedPrefect:
         assert len(runs) == 1, f"{len(runs)} {flow_name} subflow runs in {parent_run_id}"
         return runs[0]
 
+    def wait_for_paused_subflow(self, run_id: str, timeout: float = 240) -> dict:
+        """The subflow of this run that pauses (the incremental sync waiting for approval)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            paused = [r for r in self.subflow_runs(run_id) if r["state_type"] == "PAUSED"]
+            if paused:
+                return paused[0]
+            top = self.flow_run(run_id)
+            if top["state_type"] in FINAL_STATES:
+                raise AssertionError(f"run ended {top['state_type']} without pausing:\n"
+                                     f"{self.logs(run_id)[-3000:]}")
+            time.sleep(0.5)
+        raise AssertionError(f"no subflow of {run_id} paused within {timeout}s")
+
     def logs(self, run_id: str) -> str:
         r = self.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
                                                   "sort": "TIMESTAMP_ASC", "limit": 200})
@@ -141,12 +155,22 @@ class ServedPrefect:
 
     def save_endpoint_block(self, name: str, uri: str) -> None:
         """Save a MongoEndpoint block on this server (what a user does in the UI or in Python)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         from blocks.mongo import MongoEndpoint
 
-        with temporary_settings(updates={PREFECT_API_URL: self.api}):
-            MongoEndpoint(uri=uri).save(name, overwrite=True)
+        def save() -> None:
+            with temporary_settings(updates={PREFECT_API_URL: self.api}):
+                MongoEndpoint(uri=uri).save(name, overwrite=True)
+
+        # a thread of its own: Playwright's sync API keeps an event loop in the test's thread, where
+        # Prefect's sync-or-async methods would hand back an unawaited coroutine
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(save).result()
+        saved = self.http.get(f"/block_types/slug/mongoendpoint/block_documents/name/{name}")
+        assert saved.status_code == 200 and saved.json()["data"]["uri"] == uri, saved.text
 
 
 def run_id_from_cli(output: str) -> str:

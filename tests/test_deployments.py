@@ -122,14 +122,14 @@ def _watch_progress(served, stop: threading.Event, seen: list[float]) -> None:
 
 def test_cli_run_with_parameters_completes_and_progress_moves(served, src_client, dst_client,
                                                              source, dest):
-    # small batches, one worker: the copy takes a few seconds, long enough to see the bars move
+    # tiny batches, one worker: 5,000 round trips take several seconds, enough to see the bars move
     src_client.shop.orders.insert_many([{"_id": i, "item": f"sku-{i % 97}", "qty": i % 7}
                                         for i in range(20_000)])
     src_client.shop.customers.insert_many([{"name": f"c{i}"} for i in range(100)])
     spec = {
         "source": {"uri": source.admin_uri()}, "destination": {"uri": dest.admin_uri()},
         "objects": [{"database": "shop"}], "name_mapping": {"shop": "shop_cli"},
-        "copy_options": {"parallel_workers": 1, "batch_docs": 20},
+        "copy_options": {"parallel_workers": 1, "batch_docs": 4},
     }
     done = served.prefect("deployment", "run", "migrate/on-demand", "--params", params_json(spec))
     assert done.returncode == 0, done.stderr + done.stdout
@@ -209,9 +209,10 @@ def test_deploy_errors_are_one_line(capsys, tmp_path):
         "deploy: error: --timezone 'Mars/Olympus' is not an IANA time zone (e.g. Europe/Paris)")
     assert deploy_main(["--off-peak-cron", "0 25 * * *"]) == 2
     assert "--off-peak-cron '0 25 * * *' is not a cron expression" in capsys.readouterr().err
-    assert deploy_main(["--pool", "k8s", "--pool-type", "kubernetes"]) == 2
+    assert deploy_main(["--pool", "k8s-pool", "--image", "mongo-migrate:1"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "deploy: error: a kubernetes work pool runs flows in an image: give --image")
+        "deploy: error: work pool 'k8s-pool' does not exist: create it first, e.g. "
+        "`prefect work-pool create k8s-pool --type docker` (or --type kubernetes)")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "deployments.deploy"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
@@ -219,3 +220,33 @@ def test_deploy_errors_are_one_line(capsys, tmp_path):
     assert done.stderr.strip().splitlines() == [
         "deploy: error: PREFECT_API_URL is not set: point it at a Prefect server "
         "(e.g. http://127.0.0.1:4200/api) or run `make serve`"]
+
+
+def test_deploy_to_a_docker_pool_with_an_image(served):
+    """The documented docker (or kubernetes) route: an image with the project installed; runs import
+    the flows by module path. Registration only: this machine runs no docker worker."""
+    # what `prefect work-pool create mm-docker --type docker` makes (prefect-docker's template, cut
+    # down to its image variable; the package is not installed here)
+    template = {"job_configuration": {"image": "{{ image }}"},
+                "variables": {"type": "object", "properties": {"image": {"type": "string"}}}}
+    served.http.post("/work_pools/", json={"name": "mm-docker", "type": "docker",
+                                            "base_job_template": template}).raise_for_status()
+    refused = subprocess.run([sys.executable, "-m", "deployments.deploy", "--pool", "mm-docker"],
+                             env=served.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("deploy: error: work pool 'mm-docker' (docker) runs flows in an "
+                                      "image: give --image")
+    done = subprocess.run([sys.executable, "-m", "deployments.deploy", "--pool", "mm-docker",
+                           "--image", "registry.example/mongo-migrate:1.0"],
+                          env=served.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    try:
+        assert done.returncode == 0, done.stderr
+        d = served.deployment("migrate/on-demand")
+        assert (d["work_pool_name"], d["entrypoint"]) == ("mm-docker", "flows.migrate.migrate")
+        assert d["job_variables"] == {"image": "registry.example/mongo-migrate:1.0"}
+        assert d["pull_steps"] in (None, [])
+        assert served.deployment("precheck/on-demand")["entrypoint"] == "flows.migrate.precheck"
+    finally:
+        # back on the process pool for anything that runs after
+        subprocess.run([sys.executable, "-m", "deployments.deploy", "--timezone", served.timezone],
+                       env=served.env, cwd=ROOT, capture_output=True, timeout=120, check=True)
