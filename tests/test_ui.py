@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from deployments.deploy import DESTINATION_BLOCK, SOURCE_BLOCK
 from tests.conftest import assert_same_documents
@@ -44,6 +45,7 @@ def page(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run tests/ensure_chromium.sh (make test does)"
+    SHOTS.mkdir(parents=True, exist_ok=True)
     for old in SHOTS.glob("*.png"):
         old.unlink()
     with sync_playwright() as p:
@@ -54,7 +56,13 @@ def page(tmp_path_factory):
         )
         page = context.pages[0] if context.pages else context.new_page()
         page.set_default_timeout(30_000)
+        # the API calls the UI saw fail, for the record when a step goes wrong
+        failed_calls = (SHOTS / "api-errors.log").open("w")
+        page.on("response", lambda r: failed_calls.write(
+            f"{r.status} {r.request.method} {r.url} {r.request.post_data or ''}\n{r.text()[:2000]}\n")
+            if "/api/" in r.url and r.status >= 400 else None)
         yield page
+        failed_calls.close()
         context.close()
 
 
@@ -173,3 +181,67 @@ def test_blocks_saved_and_migration_started_from_the_deployment_page(served, pag
                  "full-copy-progress"):
         page.get_by_text(text).first.wait_for()
     shot("full-copy-progress-artifacts")
+
+
+def test_cutover_approved_in_the_ui(served, page, src_client, dst_client, source, dest):
+    """migration_types [full, incremental] from the run form; the sync waits for approval, changes
+    keep flowing, a person approves in the Resume form, and the destination equals the source."""
+    shot = Shots(page)
+    src_client.sales.orders.insert_many([{"_id": i, "total": i * 3, "lines": [i, i + 1]}
+                                         for i in range(1000)])
+    served.save_endpoint_block(SOURCE_BLOCK, source.admin_uri())
+    served.save_endpoint_block(DESTINATION_BLOCK, dest.admin_uri())
+
+    deployment = served.deployment("migrate/on-demand")
+    open_custom_run_form(page, served, deployment, shot)
+    types = form_property(page, "Migration types")
+    types.scroll_into_view_if_needed()
+    types.locator(".p-select-button__icon").click()  # opens the multi-select's options
+    page.get_by_role("option", name="incremental").click()
+    page.keyboard.press("Escape")
+    expect(types.locator(".p-select-button__value .p-tag--dismissible")).to_have_text(["full", "incremental"])
+    form_property(page, "Name mapping").locator("textarea").fill('{"sales": "sales_v2"}')
+    types.scroll_into_view_if_needed()
+    shot("incremental-run-form")
+    run = submit_run_form(page, served, deployment, shot)
+    assert run["parameters"]["spec"]["migration_types"] == ["full", "incremental"]
+
+    paused = served.wait_for_paused_subflow(run["id"], timeout=RUN_TIMEOUT_MS / 1000)
+    # the business keeps writing while the migration waits for approval
+    src_client.sales.orders.insert_many([{"_id": 1000 + i, "total": -i} for i in range(50)])
+    src_client.sales.orders.update_many({"_id": {"$lt": 100}}, {"$push": {"lines": 99}})
+    src_client.sales.orders.delete_many({"_id": {"$gte": 900, "$lt": 950}})
+
+    page.goto(f"{served.ui}/runs/flow-run/{run['id']}")
+    page.get_by_text("Subflow Runs", exact=True).click()
+    page.locator(f'a[href="/runs/flow-run/{paused["id"]}"]').first.click()
+    page.wait_for_url(re.compile(f"/runs/flow-run/{paused['id']}"))
+    page.locator(".state-badge", has_text="Paused").first.wait_for()
+    page.get_by_text("ready for cutover").first.wait_for()  # the sync's log line
+    shot("sync-paused-for-approval")
+    # the delay of the sync, kept current while it waits
+    page.get_by_text("Artifacts", exact=True).click()
+    page.get_by_text("sync-delay").first.wait_for()
+    shot("sync-delay-artifact")
+
+    page.get_by_role("button", name="Resume").click()
+    modal = page.locator(".p-modal")
+    modal.get_by_text("Approve cutover").wait_for()
+    modal.locator(".schema-form-property", has=page.locator(
+        ".schema-form-property__label", has_text=re.compile("^Note"))).last.locator("textarea").fill(
+        "approved by the UI test")
+    assert modal.get_by_role("switch").get_attribute("aria-checked") == "true"
+    shot("approval-form")
+    modal.get_by_role("button", name="Submit", exact=True).click()
+    modal.wait_for(state="hidden")
+
+    final = served.wait_for_state(run["id"], timeout=RUN_TIMEOUT_MS / 1000)
+    assert final["state_type"] == "COMPLETED", served.logs(run["id"])[-3000:]
+    assert "cutover approved: approved by the UI test" in served.logs(paused["id"])
+    page.goto(f"{served.ui}/runs/flow-run/{run['id']}")
+    page.locator(".state-badge", has_text="Completed").first.wait_for()
+    page.get_by_text("Finished in state Completed").first.wait_for()
+    shot("incremental-run-completed")
+
+    assert src_client.sales.orders.count_documents({}) == 1000
+    assert_same_documents(src_client, dst_client, "sales.orders", "sales_v2.orders")
