@@ -2,8 +2,9 @@
 compared with the source byte for byte.
 
 (1) the migration process is SIGKILLed during the copy, (3) the destination mongod is down for 20 s
-during the copy, (6) the destination refuses a document, (7) Slack is unreachable and the Prefect API
-restarts mid-run. Faults (2), (4) and (5) are about the incremental sync.
+during the copy and during the sync, (4) the source restarts during the sync, (5) the oplog window is
+exceeded while no sync runs, (6) the destination refuses a document, (7) Slack is unreachable and the
+Prefect API restarts mid-run. (2), the process killed during the sync, is in test_incremental.py.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 from bson.raw_bson import RawBSONDocument
 
 from blocks.spec import META_DATABASE, load_spec
-from sandbox.mongod import free_port
+from sandbox.mongod import Mongod, free_port
 from tasks.copy import COPY_UNITS, SKIPPED_DOCUMENTS
 from flows.migrate import migrate
 from tasks.namespaces import plan_namespaces
@@ -232,3 +234,116 @@ def test_slack_unreachable_and_prefect_api_restarted_mid_run(
     assert "Slack could not be reached" in err  # the finished message was attempted, and let go
     for name in names:
         assert_same_documents(src_client, dst_client, f"shop.{name}")
+
+
+# -- during the incremental sync -----------------------------------------------------------------
+
+def write_round(client, db: str, start: int, n: int = 200) -> None:
+    """Inserts, updates and deletes on the source, as an application would."""
+    coll = client[db].orders
+    coll.insert_many([{"_id": start + i, "n": start + i, "s": "y" * (i % 40)} for i in range(n)])
+    coll.update_many({"_id": {"$gte": start, "$lt": start + n // 2}}, {"$set": {"touched": start}})
+    coll.delete_many({"_id": {"$gte": start + n - 20, "$lt": start + n}})
+
+
+def same_orders(src_client, dst_client) -> bool:
+    from tests.conftest import raw_documents
+
+    return raw_documents(src_client, "shop", "orders") == raw_documents(dst_client, "shop", "orders")
+
+
+def incremental(spec_for, **options):
+    return spec_for(objects=[{"database": "shop"}], migration_types=["full", "incremental"],
+                    incremental_options={"checkpoint_interval_s": 0.5, **options})
+
+
+def test_sync_survives_a_destination_outage_and_a_source_restart(source, dest, src_client, dst_client, spec_for):
+    from flows.incremental import approve_cutover, waiting_for_approval
+
+    src_client.shop.orders.insert_many([{"_id": i, "n": i} for i in range(500)])
+    spec = incremental(spec_for)
+    problems: list[BaseException] = []
+
+    def faults() -> None:
+        run = None
+        try:
+            run = wait_for(lambda: waiting_for_approval(), 120, "the sync to be ready for cutover")[0]
+            # (3) the destination stops for 20 s while the source takes writes
+            dest.stop()
+            with source.client() as c:
+                write_round(c, "shop", 10_000)
+            time.sleep(20)
+            dest.start()
+            with source.client() as c, dest.client() as d:
+                wait_for(lambda: same_orders(c, d), 120, "the sync to catch up after the outage")
+            # (4) the source restarts: the change stream resumes from its token
+            source.stop()
+            source.start()
+            with source.client() as c, dest.client() as d:
+                write_round(c, "shop", 20_000)
+                wait_for(lambda: same_orders(c, d), 120, "the sync to catch up after the restart")
+            approve_cutover(str(run.id), note="after the faults")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            problems.append(exc)
+            if run is not None:
+                try:  # let the waiting run end, if it still waits
+                    approve_cutover(str(run.id), approve=False, note="the fault test failed")
+                except Exception:  # noqa: BLE001
+                    pass
+
+    driver = threading.Thread(target=faults, daemon=True)
+    driver.start()
+    summary = migrate(spec)
+    driver.join(30)
+    assert not problems, problems[0]
+    assert summary.sync.status == "cut_over" and summary.counts_match
+    assert_same_documents(src_client, dst_client, "shop.orders")
+
+
+def oplog_spans_seconds(client, seconds: float = 2.0) -> None:
+    """Writes `seconds` apart outside the selection: the oplog then spans that long."""
+    client.elsewhere.tick.insert_one({})
+    time.sleep(seconds)
+    client.elsewhere.tick.insert_one({})
+
+
+def test_oplog_window_exceeded_fails_saying_to_run_the_full_migration_again(dest, dst_client, tmp_path):
+    from tasks.changes import read_sync_state
+
+    tiny = Mongod(tmp_path / "tiny-oplog", replset="tiny", oplog_size_mb=1,
+                  extra_args=["--syncdelay", "1"]).start()  # a checkpoint a second lets the oplog shrink
+    try:
+        with tiny.client() as src:
+            src.shop.orders.insert_many([{"_id": i, "n": i} for i in range(300)])
+            oplog_spans_seconds(src)  # the precheck wants a window longer than the (tiny) copy
+            spec = make_spec(tiny, dest, objects=[{"database": "shop"}],
+                             migration_types=["full", "incremental"],
+                             incremental_options={"checkpoint_interval_s": 0.5, "approval_timeout_s": 1})
+            first = migrate(spec)  # no one approves: the sync stops with its position saved
+            assert first.sync.status == "approval_timeout"
+            saved = read_sync_state(spec)["token"]
+            assert saved
+
+            # while no sync runs, a change to the selection, then a write burst larger than the oplog
+            src.shop.orders.update_many({}, {"$set": {"lost": True}})
+            oldest = lambda: next(src.local["oplog.rs"].find({}, {"ts": 1}).sort("$natural", 1).limit(1))["ts"]
+            mark = src.admin.command("hello")["lastWrite"]["opTime"]["ts"]
+            deadline = time.monotonic() + 60
+            while oldest() <= mark and time.monotonic() < deadline:
+                src.burst.fill.insert_many([{"p": "x" * 1000} for _ in range(200)])
+            assert oldest() > mark, "the oplog was not truncated"
+            oplog_spans_seconds(src)  # so that the precheck passes again and the sync itself finds out
+
+            with pytest.raises(Exception) as failure:
+                migrate(spec.model_copy(update={"incremental_options": spec.incremental_options.model_copy(
+                    update={"approval_timeout_s": 600})}))
+            message = str(failure.value)
+            assert "oplog window was exceeded" in message and "run the full migration again" in message
+            # nothing half-applied is reported as success: the run is recorded as abandoned (a rerun
+            # starts a fresh full migration), never as cut over
+            assert read_sync_state(spec)["status"] == "abandoned"
+            run = dst_client[META_DATABASE].runs.find_one({"_id": spec.digest()})
+            assert "oplog window was exceeded" in run["abandoned"]
+            assert dst_client.shop.orders.count_documents({"lost": True}) == 0  # the lost change stayed lost
+    finally:
+        tiny.destroy()
