@@ -105,6 +105,10 @@ def format_summary(s) -> str:
         f"({s.docs_per_s:,.0f} docs/s), {s.seconds:.1f}s in all; counts "
         + ("match" if s.counts_match else "DIFFER")
     )
+    skipped = sum(getattr(c, "skipped", 0) for c in s.collections)
+    if skipped:
+        lines.append(f"{skipped:,} documents the destination refused were skipped "
+                     "(on_document_error: skip); see mongo_migrate_meta.skipped_documents")
     if getattr(s, "sync", None) is not None:
         lines.append("incremental sync: " + s.sync.describe())
     return "\n".join(lines)

@@ -49,6 +49,7 @@ class CollectionSummary(BaseModel):
     copied_docs: int
     bytes: int
     indexes: int
+    skipped: int = 0  # refused by the destination, left out as on_document_error: skip allows
 
 
 class MigrationSummary(BaseModel):
@@ -207,7 +208,7 @@ def summarize(spec, resumed, plans, stats, counts, indexes, views, seconds, copy
             source_docs=c.source_docs, target_docs=c.target_docs,
             copied_docs=sum(s.docs for s in by_ns.get(p.source_ns, [])),
             bytes=sum(s.bytes for s in by_ns.get(p.source_ns, [])),
-            indexes=indexes.get(p.target_ns, 0),
+            indexes=indexes.get(p.target_ns, 0), skipped=getattr(c, "skipped", 0),
         ))
     return MigrationSummary(
         spec_digest=spec.digest(), source=spec.source.display(), destination=spec.destination.display(),

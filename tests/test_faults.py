@@ -24,6 +24,7 @@ from bson.raw_bson import RawBSONDocument
 from blocks.spec import META_DATABASE, load_spec
 from sandbox.mongod import Mongod, free_port
 from tasks.copy import COPY_UNITS, SKIPPED_DOCUMENTS
+from flows.cli import format_summary
 from flows.migrate import migrate
 from tasks.namespaces import plan_namespaces
 from tasks.verify import verify_collection
@@ -156,7 +157,10 @@ def test_a_refused_document_fails_naming_it_or_is_skipped_and_recorded(
     skip = write_spec(tmp_path / "skip.json", source, dest, objects=[{"database": "app"}],
                       copy_options={"on_document_error": "skip"})
     spec = load_spec(skip)
-    assert migrate(spec).counts_match  # verification passes: the one difference is a recorded skip
+    summary = migrate(spec)
+    assert summary.counts_match  # verification passes: the one difference is a recorded skip
+    assert summary.collections[0].skipped == 1
+    assert "1 documents the destination refused were skipped" in format_summary(summary)
     record = dst_client[META_DATABASE][SKIPPED_DOCUMENTS].find_one()
     assert (record["target_ns"], record["doc_id"], record["code"]) == ("app.users", 150, 11000)
     assert "email_unique" in record["error"]
