@@ -121,6 +121,18 @@ def submit_run_form(page, served, deployment: dict, shot) -> dict:
     return runs[0]
 
 
+def open_run_from_list(page, run: dict) -> None:
+    """Click the run's name in the list on the page (the deployment's Runs tab, Subflow Runs)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.locator(f'a[href="/runs/flow-run/{run["id"]}"]').first.click()
+    except PlaywrightTimeout:
+        links = [(a.get_attribute("href"), a.inner_text()) for a in page.locator("a[href*='/flow-run/']").all()]
+        raise AssertionError(f"no link to run {run['id']} ({run['name']}) on {page.url}: {links}") from None
+    page.wait_for_url(re.compile(f"/runs/flow-run/{run['id']}"))
+
+
 def header_state(page) -> str:
     return page.locator(".state-badge").first.inner_text().strip()
 
@@ -151,9 +163,7 @@ def test_blocks_saved_and_migration_started_from_the_deployment_page(served, pag
     assert spec["name_mapping"] == {"shop": "shop_ui"}
     assert spec["source"]["block"] == SOURCE_BLOCK and spec["destination"]["block"] == DESTINATION_BLOCK
 
-    # the new run in the deployment's Runs list
-    page.locator(f'a[href="/runs/flow-run/{run["id"]}"]').first.click()
-    page.wait_for_url(re.compile(f"/runs/flow-run/{run['id']}"))
+    open_run_from_list(page, run)
     served.wait_for_state(run["id"], {"RUNNING", "COMPLETED", "FAILED", "CRASHED"})
     page.reload()
     page.locator(".state-badge").first.wait_for()
@@ -214,8 +224,7 @@ def test_cutover_approved_in_the_ui(served, page, src_client, dst_client, source
 
     page.goto(f"{served.ui}/runs/flow-run/{run['id']}")
     page.get_by_text("Subflow Runs", exact=True).click()
-    page.locator(f'a[href="/runs/flow-run/{paused["id"]}"]').first.click()
-    page.wait_for_url(re.compile(f"/runs/flow-run/{paused['id']}"))
+    open_run_from_list(page, paused)
     page.locator(".state-badge", has_text="Paused").first.wait_for()
     page.get_by_text("ready for cutover").first.wait_for()  # the sync's log line
     shot("sync-paused-for-approval")
@@ -245,3 +254,12 @@ def test_cutover_approved_in_the_ui(served, page, src_client, dst_client, source
 
     assert src_client.sales.orders.count_documents({}) == 1000
     assert_same_documents(src_client, dst_client, "sales.orders", "sales_v2.orders")
+
+    # the artifacts a user finds by their stable keys on the Artifacts page
+    keys = ["full-copy-progress", "precheck", "sync-delay", "verification", "migration-summary"]
+    found = {a["key"] for a in served.artifacts(artifacts={"key": {"any_": keys}})}
+    assert found == set(keys)
+    page.goto(f"{served.ui}/artifacts")
+    for key in keys:
+        page.get_by_text(key, exact=True).first.wait_for()
+    shot("artifacts-by-key")
