@@ -32,7 +32,7 @@ demo: install-test  ## local source and destination mongods, sample data, a migr
 browser:
 	@sh tests/ensure_chromium.sh
 
-SERVE_PORT ?= 4200
+SERVE_PORT ?= $(or $(PREFECT_SERVER_API_PORT),4200)
 serve: install  ## Prefect server + UI on SERVE_PORT, a worker, the blocks and deployments
 	$(BIN)/python -m deployments.serve --port $(SERVE_PORT)
 
