@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -29,7 +30,12 @@ def incremental_spec(spec_for, **options):
                     incremental_options={"checkpoint_interval_s": 0.5, **options})
 
 
-def wait_for(condition, timeout: float = 60, what: str = "condition"):
+def waiting_since(started: datetime) -> list:
+    """Runs waiting for approval that this test started (an earlier test's may be left paused)."""
+    return [r for r in waiting_for_approval() if r.created and r.created >= started]
+
+
+def wait_for(condition, timeout: float = 120, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -60,6 +66,7 @@ def assert_destination_equals_source(src_client, dst_client):
 
 
 def test_sync_under_load_then_cutover_approved_from_another_thread(src_client, dst_client, spec_for):
+    started = datetime.now(timezone.utc)
     seed(src_client)
     spec = incremental_spec(spec_for, block_source_writes_at_cutover=True)
     load = SourceLoad(src_client, pace_s=0.05).start()  # runs during the full copy and the sync
@@ -67,7 +74,7 @@ def test_sync_under_load_then_cutover_approved_from_another_thread(src_client, d
     approved: list = []
 
     def approver():
-        run = wait_for(lambda: waiting_for_approval(), what="the run to wait for approval")[0]
+        run = wait_for(lambda: waiting_since(started), what="the run to wait for approval")[0]
         rounds = load.rounds
         # changes keep flowing while the run waits
         wait_for(lambda: load.rounds > rounds + 20 or load.errors, what="more load")
@@ -119,6 +126,7 @@ def start_cli(prefect_api, log_path, *args, **popen):
 
 def test_sync_killed_then_run_again_and_approved_from_another_process(
         source, dest, src_client, dst_client, spec_for, prefect_api, run_cli, tmp_path):
+    started = datetime.now(timezone.utc)
     seed(src_client, docs=500)
     path = spec_file(tmp_path, source, dest)
     spec = incremental_spec(spec_for)
@@ -126,7 +134,7 @@ def test_sync_killed_then_run_again_and_approved_from_another_process(
     ddl_once_started(load, spec)
     first = start_cli(prefect_api, tmp_path / "first.log", "run", path)
     try:
-        killed = wait_for(lambda: waiting_for_approval(), timeout=120, what="the first run to wait")[0]
+        killed = wait_for(lambda: waiting_since(started), timeout=180, what="the first run to wait")[0]
         applied = read_sync_state(spec)["events_applied"]
         # while the run waits for approval, changes keep being applied and saved
         wait_for(lambda: read_sync_state(spec)["events_applied"] > applied + 50, what="more changes")
@@ -135,10 +143,10 @@ def test_sync_killed_then_run_again_and_approved_from_another_process(
         time.sleep(1)  # the load goes on with no sync running
 
         second = start_cli(prefect_api, tmp_path / "second.log", "run", path)
-        waiting = wait_for(lambda: [r for r in waiting_for_approval() if r.id != killed.id], timeout=120,
+        waiting = wait_for(lambda: [r for r in waiting_since(started) if r.id != killed.id], timeout=180,
                            what="the second run to wait")
         # the killed run was marked crashed: only the new one waits, so `approve` needs no id
-        assert [r.id for r in waiting_for_approval()] == [waiting[0].id]
+        assert [r.id for r in waiting_since(started)] == [waiting[0].id]
         load.stop()
         approved = run_cli("approve", "--note", "from another process")
         assert approved.returncode == 0, approved.stderr
@@ -161,6 +169,7 @@ def test_sync_killed_then_run_again_and_approved_from_another_process(
 
 
 def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_client, spec_for):
+    started = datetime.now(timezone.utc)
     seed(src_client, docs=200)
     summary = migrate(incremental_spec(spec_for, approval_timeout_s=1))
     assert summary.sync.status == "approval_timeout" and not summary.counts_match
@@ -174,7 +183,7 @@ def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_cl
     src_client.shop.later.insert_one({"_id": "x"})
 
     def approver():
-        run = wait_for(lambda: waiting_for_approval(), what="the run to wait")[0]
+        run = wait_for(lambda: waiting_since(started), what="the run to wait")[0]
         approve_cutover(str(run.id), note="rerun")
 
     threading.Thread(target=approver, daemon=True).start()
@@ -193,7 +202,7 @@ def test_interactive_approval_at_the_terminal(source, dest, src_client, dst_clie
     reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        wait_for(lambda: any("Approve now?" in line for line in lines), timeout=120, what="the prompt")
+        wait_for(lambda: any("Approve now?" in line for line in lines), timeout=180, what="the prompt")
         os.write(controller, b"y\n")
         wait_for(lambda: any("Note (optional)" in line for line in lines), what="the note prompt")
         os.write(controller, b"at the terminal\n")
