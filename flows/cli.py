@@ -182,13 +182,14 @@ def _approval_prompt(run_id: str, delay: float | None) -> None:
     def ask() -> None:
         from flows.incremental import approve_cutover
 
+        # on stderr, with the log: stdout stays the summary (one JSON object with --json)
         print(f"\nReady for cutover (flow run {run_id}). Approve now? "
-              "[y]es / [n]o: end the sync without cutover / Enter: keep waiting", flush=True)
+              "[y]es / [n]o: end the sync without cutover / Enter: keep waiting", file=sys.stderr, flush=True)
         answer = sys.stdin.readline().strip().lower()
         if answer not in ("y", "yes", "n", "no"):
-            print("still waiting for approval: Prefect UI, or mongo-migrate approve", flush=True)
+            print("still waiting for approval: Prefect UI, or mongo-migrate approve", file=sys.stderr, flush=True)
             return
-        print("Note (optional):", flush=True)
+        print("Note (optional):", file=sys.stderr, flush=True)
         note = sys.stdin.readline().strip()
         approve = answer.startswith("y")
         try:
@@ -196,7 +197,7 @@ def _approval_prompt(run_id: str, delay: float | None) -> None:
         except Exception as exc:  # noqa: BLE001 - e.g. approved in the UI meanwhile
             _error(f"could not answer the approval: {one_line(exc)}")
             return
-        print("cutover approved" if approve else "cutover declined", flush=True)
+        print("cutover approved" if approve else "cutover declined", file=sys.stderr, flush=True)
 
     threading.Thread(target=ask, daemon=True, name="approval-prompt").start()
 

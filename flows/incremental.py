@@ -340,8 +340,11 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
                 unmapped(spec), final_plan.data_plans, unmapped(opts.verify_sample_docs))]
             bad = [c for c in checks if not c.ok]
             if bad:
+                hint = "" if block.blocked else (
+                    " (was the source still written? stop the application's writes before approving, "
+                    "or set incremental_options.block_source_writes_at_cutover)")
                 raise CutoverVerificationFailed("cutover check found differences: "
-                                                + "; ".join(c.describe() for c in bad[:5]))
+                                                + "; ".join(c.describe() for c in bad[:5]) + hint)
         except BaseException:
             if block.blocked:
                 unblock_source_writes(spec)
