@@ -133,7 +133,9 @@ def migrate(spec: MigrationSpec) -> MigrationSummary:
         text = str(exc).strip().splitlines()
         notify_migration_failed(spec, (text[0] if text else type(exc).__name__)[:500], flow_run_url())
         raise
-    notify_finished(spec, summary, flow_run_url())
+    if summary.sync is None or summary.sync.status == "cut_over":
+        # an incremental run that ended without cutover (approval timed out, declined) is not finished
+        notify_finished(spec, summary, flow_run_url())
     return summary
 
 
