@@ -51,9 +51,12 @@ from tasks.cutover import (
     block_source_writes_task,
     check_collection_task,
     drain_point_task,
+    forget_deferred_unique,
+    pending_unique,
     unblock_source_writes,
 )
 from tasks.namespaces import MigrationPlan, plan_namespaces_task
+from tasks.schema import convert_to_unique_task
 
 SYNC_FLOW_NAME = "incremental-sync"
 APPROVAL_KEY = "cutover-approval"
@@ -270,8 +273,8 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
 
     # a rename that happened while the full copy ran may have cut that copy short: copy it again
     sync = ChangeSync(spec, logger=logger, recopy_renames_before=source_cluster_time(spec))
-    worker = threading.Thread(target=contextvars.copy_context().run, args=(sync.run,), daemon=True,
-                              name="incremental-sync")
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(sync.run_recording_failure,),
+                              daemon=True, name="incremental-sync")
     worker.start()
     reporter = DelayReporter(sync, spec, logger)
 
@@ -336,6 +339,14 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
                 if p.kind == "timeseries":
                     n = recopy_collection(spec, (p.source_db, p.source_name), (p.target_db, p.target_name))
                     logger.info("cutover: copied time-series %s again (%d buckets)", p.source_ns, n)
+            # no change is applied any more: the unique indexes built without `unique` after the copy
+            # can be made unique now (a duplicate left would fail here, with its _ids)
+            if pending_unique(spec):
+                futures = convert_to_unique_task.map(unmapped(spec), final_plan.data_plans)
+                converted = [f"{p.target_ns}/{name}" for p, f in zip(final_plan.data_plans, futures)
+                             for name in f.result()]
+                forget_deferred_unique(spec)
+                logger.info("cutover: made unique: %s", ", ".join(converted) or "-")
             checks = [f.result() for f in check_collection_task.map(
                 unmapped(spec), final_plan.data_plans, unmapped(opts.verify_sample_docs))]
             bad = [c for c in checks if not c.ok]

@@ -621,6 +621,14 @@ class ChangeSync:
                 self.log.warning("could not save the sync position: %s", exc)
             self.running = False
 
+    def run_recording_failure(self) -> None:
+        """`run` for a background thread: a failure stays in `self.error` for the flow to raise,
+        instead of escaping the thread as a traceback on the user's terminal."""
+        try:
+            self.run()
+        except BaseException:  # noqa: BLE001 - kept in self.error by run()
+            pass
+
     def _put(self, out: queue.Queue, item: Any) -> None:
         while not self._stop.is_set():
             try:
