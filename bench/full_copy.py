@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
 
+from measure import run_cli_json  # noqa: E402  (bench/ is the script's directory)
 from sandbox.mongod import Mongod  # noqa: E402
 from sandbox.sample_data import encoded_documents  # noqa: E402
 from tasks.common import RAW  # noqa: E402
@@ -63,42 +62,6 @@ def build_indexes(client, db: str, colls: list[str], workers: int) -> float:
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda name: client[db][name].create_index("k"), colls))
     return time.perf_counter() - t
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def run_migration(spec_path: Path, env: dict) -> tuple[dict, float, float]:
-    t = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/mongo-migrate"), "run", str(spec_path), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    peak = 0.0
-    out: dict = {}
-
-    def sample() -> None:
-        nonlocal peak
-        while proc.poll() is None:
-            peak = max(peak, peak_rss_mb(proc.pid) or 0.0)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    sampler.join()
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.exit(f"migration failed ({proc.returncode}):\n{stderr[-3000:]}")
-    out = json.loads(stdout.strip().splitlines()[-1])
-    return out, wall, peak
 
 
 def main() -> None:
@@ -140,7 +103,7 @@ def main() -> None:
         env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "PREFECT_HOME": str(Path(tmp) / "prefect")}
         env.pop("PREFECT_API_URL", None)
-        summary, wall, peak = run_migration(spec_path, env)
+        summary, wall, peak, _ = run_cli_json(["run", str(spec_path)], env)
         mig_s = summary["copy_seconds"] + summary["index_seconds"]
 
         rows = [

@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from measure import rss_mb  # noqa: E402  (bench/ is the script's directory)
+
 DOC_PAD = "x" * 900
 
 
@@ -92,16 +94,6 @@ class SyncProcess:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(120)
         self._reader.join(10)
-
-
-def rss_mb(pid: int, field: str) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 # -- the load ---------------------------------------------------------------------------------------

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -25,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from full_copy import batches, peak_rss_mb  # noqa: E402  (bench/ is on sys.path as the script's dir)
+from full_copy import batches  # noqa: E402  (bench/ is on sys.path as the script's dir)
+from measure import run_cli_json  # noqa: E402
 
 from sandbox.mongod import Mongod  # noqa: E402
 from tasks.common import RAW  # noqa: E402
@@ -40,27 +39,6 @@ def seed_both(clients, colls: list[str], n_per: int, doc_bytes: int, workers: in
             while chunk := list(islice(source, workers)):
                 list(pool.map(lambda job: job[0].insert_many(job[1], ordered=False),
                               [(t, b) for b in chunk for t in targets]))
-
-
-def run_verify(spec_path: Path, env: dict) -> tuple[dict, float, float, int]:
-    t = time.perf_counter()
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/mongo-migrate"), "verify", str(spec_path), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = 0.0
-
-    def sample() -> None:
-        nonlocal peak
-        while proc.poll() is None:
-            peak = max(peak, peak_rss_mb(proc.pid) or 0.0)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    sampler.join()
-    if proc.returncode not in (0, 3):
-        sys.exit(f"verify failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return json.loads(stdout.strip().splitlines()[-1]), time.perf_counter() - t, peak, proc.returncode
 
 
 def main() -> None:
@@ -89,7 +67,7 @@ def main() -> None:
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(Path(tmp) / "prefect")}
         env.pop("PREFECT_API_URL", None)
-        report, wall, peak, code = run_verify(spec_path, env)
+        report, wall, peak, code = run_cli_json(["verify", str(spec_path)], env, ok_codes=(0, 3))
         seconds = report["seconds"]
         checked = sum(c["source_docs"] for c in report["collections"])
         print(f"verify: {report['status']} (exit {code}), {checked:,} documents per side, "

@@ -1,0 +1,44 @@
+"""What the benchmarks share: run the real `mongo-migrate` and sample its memory from /proc."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """A process's resident memory from /proc (VmHWM: its peak so far; VmRSS: now), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,)) -> tuple[dict, float, float, int]:
+    """Run `mongo-migrate ARGS --json`; returns (its JSON, wall seconds, peak RSS MB, exit code)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/mongo-migrate"), *args, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = 0.0
+
+    def sample() -> None:
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, rss_mb(proc.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    sampler.join()
+    if proc.returncode not in ok_codes:
+        sys.exit(f"mongo-migrate {args[0]} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1]), time.perf_counter() - t, peak, proc.returncode
