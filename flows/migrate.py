@@ -20,6 +20,7 @@ from tasks.precheck import CheckResult, PrecheckReport, list_selected_objects_ta
 from tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
 from tasks.state import finish_run_task, start_run_task
 from tasks.changes import save_start_point_task
+from tasks.cutover import record_deferred_unique_task
 from flows.incremental import SyncReport, incremental_sync
 from flows.verify import verify_for
 
@@ -163,9 +164,14 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     copy_seconds = time.monotonic() - copy_started
 
     index_started = time.monotonic()
-    index_futures = build_indexes_task.map(unmapped(spec), data_plans)
+    # incremental: unique indexes are built without `unique` and made unique at cutover, once the
+    # sync has settled the keys a copy of a live source may hold twice for a moment (tasks/schema.py)
+    index_futures = build_indexes_task.map(unmapped(spec), data_plans, unmapped(spec.incremental))
     views = create_views_task(spec, plan.views)
-    indexes = {f.result().target_ns: len(f.result().built) for f in index_futures}
+    index_results = [f.result() for f in index_futures]
+    indexes = {r.target_ns: len(r.built) for r in index_results}
+    if spec.incremental:
+        record_deferred_unique_task(spec, index_results)
     index_seconds = time.monotonic() - index_started
     sync = None
     if spec.incremental:

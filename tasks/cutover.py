@@ -14,8 +14,10 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
+from tasks.changes import sync_state_collection
 from tasks.common import RAW, step, to_ejson
 from tasks.namespaces import CollectionPlan
+from tasks.schema import IndexResult
 
 log = logging.getLogger("mongo_migrate.cutover")
 
@@ -121,6 +123,31 @@ def check_collection(spec: MigrationSpec, plan: CollectionPlan, sample_docs: int
     return check
 
 
+# -- unique indexes built without `unique` after the copy (tasks/schema.py build_indexes) -----------
+UNIQUE_PENDING = "unique_pending"  # field of the spec's sync state: "ns/index" awaiting conversion
+
+
+def record_deferred_unique(spec: MigrationSpec, results: list[IndexResult]) -> list[str]:
+    """Note on the sync state which indexes wait to be made unique at cutover. A resumed run keeps
+    the sync state (and rebuilds and records them again); the cutover finds them on the destination
+    by comparing with the source (`unique_indexes_to_convert`), which also follows renames."""
+    pending = [f"{r.target_ns}/{name}" for r in results for name in r.deferred_unique]
+    if pending:
+        sync_state_collection(spec).update_one(
+            {"_id": spec.digest()}, {"$addToSet": {UNIQUE_PENDING: {"$each": pending}}})
+    return pending
+
+
+def pending_unique(spec: MigrationSpec) -> list[str]:
+    state = sync_state_collection(spec).find_one({"_id": spec.digest()}, {UNIQUE_PENDING: 1}) or {}
+    return state.get(UNIQUE_PENDING, [])
+
+
+def forget_deferred_unique(spec: MigrationSpec) -> None:
+    sync_state_collection(spec).update_one({"_id": spec.digest()}, {"$unset": {UNIQUE_PENDING: ""}})
+
+
+record_deferred_unique_task = step(record_deferred_unique)
 block_source_writes_task = step(block_source_writes, retries=0)
 drain_point_task = step(drain_point)
 check_collection_task = step(check_collection)

@@ -8,7 +8,7 @@ from pymongo.errors import CollectionInvalid, OperationFailure
 
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
-from tasks.common import step
+from tasks.common import step, to_ejson
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 
 log = logging.getLogger("mongo_migrate.schema")
@@ -46,6 +46,8 @@ def create_target_collection(spec: MigrationSpec, plan: CollectionPlan) -> str:
 class IndexResult(BaseModel):
     target_ns: str
     built: list[str]
+    # unique on the source, built without `unique` (an incremental migration converts them at cutover)
+    deferred_unique: list[str] = []
 
 
 def index_specs(spec: MigrationSpec, plan: CollectionPlan) -> list[dict]:
@@ -65,14 +67,79 @@ def index_specs(spec: MigrationSpec, plan: CollectionPlan) -> list[dict]:
     return specs
 
 
-def build_indexes(spec: MigrationSpec, plan: CollectionPlan) -> IndexResult:
-    """Build every secondary index of the source on the target, in one createIndexes (one scan)."""
+def build_indexes(spec: MigrationSpec, plan: CollectionPlan, defer_unique: bool = False) -> IndexResult:
+    """Build every secondary index of the source on the target, in one createIndexes (one scan).
+
+    `defer_unique` (an incremental migration): a full copy of a live source captures documents at
+    different moments, so two of them may briefly share a key the source holds unique (A's email moved
+    to B between the reads); the sync settles that later. Unique indexes are therefore built without
+    `unique` (same name, key and other options) and made unique at cutover (`convert_to_unique`).
+    """
     specs = index_specs(spec, plan)
+    deferred: list[str] = []
     if specs:
         db = open_client(spec.destination.resolve())[plan.target_db]
-        # createIndexes is idempotent for identical specs, so a retried build is harmless
-        db.command("createIndexes", plan.target_name, indexes=specs)
-    return IndexResult(target_ns=plan.target_ns, built=[s["name"] for s in specs])
+        wanted = specs
+        if defer_unique:
+            existing = {ix["name"]: ix for ix in db[plan.target_name].list_indexes()}
+            wanted = []
+            for s in specs:
+                if not s.get("unique"):
+                    wanted.append(s)
+                elif not existing.get(s["name"], {}).get("unique"):
+                    wanted.append({k: v for k, v in s.items() if k != "unique"})
+                    deferred.append(s["name"])
+                # else: made unique already by an earlier attempt of this run; rebuilding it without
+                # `unique` would conflict with it (IndexKeySpecsConflict)
+        if wanted:
+            # createIndexes is idempotent for identical specs, so a retried build is harmless
+            db.command("createIndexes", plan.target_name, indexes=wanted)
+    return IndexResult(target_ns=plan.target_ns, built=[s["name"] for s in specs], deferred_unique=deferred)
+
+
+CANNOT_CONVERT_INDEX_TO_UNIQUE = 359
+
+
+class UniqueConversionFailed(RuntimeError):
+    """Documents on the destination share a key of an index that is unique on the source."""
+
+
+def unique_indexes_to_convert(spec: MigrationSpec, plan: CollectionPlan) -> list[str]:
+    """The source's unique indexes that the target has, but not unique (built by `defer_unique`)."""
+    if plan.kind == "timeseries":
+        return []  # time-series indexes cannot be unique
+    src = open_client(spec.source.resolve())[plan.source_db][plan.source_name]
+    dst = open_client(spec.destination.resolve())[plan.target_db][plan.target_name]
+    unique = {ix["name"] for ix in src.list_indexes() if ix.get("unique") and ix["name"] != "_id_"}
+    return [ix["name"] for ix in dst.list_indexes() if ix["name"] in unique and not ix.get("unique")]
+
+
+def convert_to_unique(spec: MigrationSpec, plan: CollectionPlan) -> list[str]:
+    """Make the target's deferred unique indexes unique (collMod prepareUnique, then unique), once no
+    more changes are applied. Returns the names converted; raises `UniqueConversionFailed` with the
+    duplicated documents' _ids when documents still share a key."""
+    names = unique_indexes_to_convert(spec, plan)
+    db = open_client(spec.destination.resolve())[plan.target_db]
+    for name in names:
+        db.command("collMod", plan.target_name, index={"name": name, "prepareUnique": True})
+        try:
+            db.command("collMod", plan.target_name, index={"name": name, "unique": True})
+        except OperationFailure as exc:
+            if exc.code != CANNOT_CONVERT_INDEX_TO_UNIQUE:
+                raise
+            try:  # leave the index as it was
+                db.command("collMod", plan.target_name, index={"name": name, "prepareUnique": False})
+            except OperationFailure:
+                pass
+            ids = [to_ejson(i) for v in (exc.details or {}).get("violations", []) for i in v.get("ids", [])]
+            raise UniqueConversionFailed(
+                f"{plan.target_ns}: index {name} cannot be made unique as on the source: destination "
+                f"documents share a key (_id {', '.join(ids[:5]) or 'unknown'}"
+                f"{', ...' if len(ids) > 5 else ''})") from None
+        ix = next((i for i in db[plan.target_name].list_indexes() if i["name"] == name), {})
+        if "prepareUnique" in ix:  # 6.0 drops it on conversion; should a server keep it, the specs differ
+            db.command("collMod", plan.target_name, index={"name": name, "prepareUnique": False})
+    return names
 
 
 def view_creation_order(views: list[CollectionPlan]) -> list[CollectionPlan]:
@@ -150,4 +217,5 @@ def create_views(spec: MigrationSpec, views: list[CollectionPlan]) -> list[str]:
 
 create_target_collection_task = step(create_target_collection)
 build_indexes_task = step(build_indexes)
+convert_to_unique_task = step(convert_to_unique)
 create_views_task = step(create_views)
