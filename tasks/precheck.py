@@ -686,7 +686,9 @@ class OplogWindow(BaseModel):
         until then, that span scaled up to the oplog's configured size."""
         if self.full or self.size_bytes <= 0:
             return self.span_hours
-        return self.span_hours * self.max_bytes / self.size_bytes
+        # entry times have one-second resolution: a young oplog's entries may all share one second,
+        # which is a short history, not an empty window
+        return max(self.span_hours, 1 / 3600) * self.max_bytes / self.size_bytes
 
     @property
     def bytes_per_hour(self) -> float:

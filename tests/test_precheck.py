@@ -367,6 +367,11 @@ def test_oplog_window_classifier():
     # an oplog not yet full is projected to its configured size at the current write rate
     young = window.model_copy(update={"size_bytes": 10**8})
     assert young.hours == pytest.approx(20.0)
+    # a fresh replica set: every entry in the same second, 1 MB of a 1 GB oplog used so far
+    fresh = pc.OplogWindow(first=first, last=first, size_bytes=10**6, max_bytes=10**9)
+    assert fresh.hours == pytest.approx(1000 / 3600)
+    row = pc.classify_oplog_window(fresh, 10**6, 10**6 / 10)  # a 10 s copy
+    assert row.status == "passed" and "not full yet" in row.detail
 
 
 # -- 9 destination storage ---------------------------------------------------------------------
