@@ -107,9 +107,11 @@ def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStat
     results: list[CopyStats] = []
     errors: list[BaseException] = []
     pending = list(futures)
-    # wait for every range before failing, so each one has saved its checkpoint
+    shown = time.monotonic()
+    # wait for every range before failing, so each one has saved its checkpoint. prefect's wait()
+    # returns when all are done or at the timeout, so a short timeout notices the last range at once
     while pending:
-        done, not_done = wait(pending, timeout=PROGRESS_EVERY_S)
+        done, not_done = wait(pending, timeout=0.2)
         for fut in done:
             try:
                 results.append(fut.result())
@@ -117,7 +119,9 @@ def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStat
                 errors.append(exc)
             progress.range_finished(range_of[fut].plan.source_ns)
         pending = list(not_done)
-        progress.update()
+        if not pending or time.monotonic() - shown >= PROGRESS_EVERY_S:
+            progress.update()
+            shown = time.monotonic()
     if errors:
         raise errors[0]
     return results
