@@ -41,6 +41,9 @@ def server_env(port: int, host: str = "127.0.0.1", home: str | Path | None = Non
         "PREFECT_UI_API_URL": f"http://{host}:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     })
+    # SQLite: on a busy machine a write may wait for the lock longer than Prefect's 10 s default,
+    # and the UI shows a failed request instead of waiting (the Python clients retry; it does not)
+    env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
     if home is not None:
         env["PREFECT_HOME"] = str(Path(home).resolve())
     return env

@@ -2,13 +2,15 @@
 (what `make serve` runs) on a free port, for one test module; and small helpers to talk to it.
 
 The session's temporary server (conftest `prefect_api`) cannot run workers, so the deployment and UI
-tests use this one. Its log goes to tests/output/<module>/serve.log.
+tests use this one. Its log is written in the test's temporary directory (two test sessions may run at
+once) and copied to tests/output/<module>/serve.log when the server stops.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,11 +44,14 @@ class ServedPrefect:
         self.port = free_port()
         self.home = home
         self.output = output
+        self.log_path = home.parent / "serve.log"
         self.timezone = timezone_name
         base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         # workers look for runs every second (default 10 s) so tests do not wait for them
         base.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1",
-                    PREFECT_SERVER_ANALYTICS_ENABLED="false")
+                    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                    # a request the server answers 503 (SQLite busy) is logged in serve.log
+                    PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")
         self.env = server_env(self.port, home=home, base=base)
         self.api = self.env["PREFECT_API_URL"]
         self.ui = self.api.removesuffix("/api")
@@ -54,8 +59,8 @@ class ServedPrefect:
         self.http = httpx.Client(base_url=self.api, timeout=30)
 
     def start(self, timeout: float = 180) -> "ServedPrefect":
-        self.output.mkdir(parents=True, exist_ok=True)
-        log = (self.output / "serve.log").open("w")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "deployments.serve", "--port", str(self.port), "--home",
              str(self.home), "--timezone", self.timezone],
@@ -72,19 +77,21 @@ class ServedPrefect:
         raise AssertionError(f"deployments.serve not ready within {timeout}s:\n{self.log_text()[-3000:]}")
 
     def log_text(self) -> str:
-        return (self.output / "serve.log").read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         self.http.close()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        # serve.py stops its worker and server on SIGTERM; the group kill is the fallback
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(40)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            # serve.py stops its worker and server on SIGTERM; the group kill is the fallback
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.log_path.exists():
+            self.output.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.log_path, self.output / "serve.log")
 
     # -- the REST API and the CLI --------------------------------------------------------------
     def prefect(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

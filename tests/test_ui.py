@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from deployments.deploy import DESTINATION_BLOCK, SOURCE_BLOCK
 from tests.conftest import assert_same_documents
-from tests.served import OUTPUT, served_prefect
+from tests.served import FINAL_STATES, OUTPUT, served_prefect
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -58,12 +58,39 @@ def page(tmp_path_factory):
         page.set_default_timeout(30_000)
         # the API calls the UI saw fail, for the record when a step goes wrong
         failed_calls = (SHOTS / "api-errors.log").open("w")
-        page.on("response", lambda r: failed_calls.write(
-            f"{r.status} {r.request.method} {r.url} {r.request.post_data or ''}\n{r.text()[:2000]}\n")
-            if "/api/" in r.url and r.status >= 400 else None)
+
+        def record(response) -> None:
+            if "/api/" in response.url and response.status >= 400:
+                FAILED_CALLS.append((response.status, response.request.method, response.url))
+                failed_calls.write(f"{response.status} {response.request.method} {response.url} "
+                                   f"{response.request.post_data or ''}\n{response.text()[:2000]}\n")
+                failed_calls.flush()
+
+        page.on("response", record)
         yield page
         failed_calls.close()
         context.close()
+
+
+FAILED_CALLS: list[tuple[int, str, str]] = []  # (status, method, url) of API calls the UI saw fail
+
+
+def click_until_accepted(page, button, request: str, accepted, attempts: int = 3) -> None:
+    """Click, then wait for `accepted()`; click again when the server answered that very request
+    503, as a person would. Prefect's server on SQLite answers 503 when its database is busy
+    ("database is locked"); its Python clients retry, its UI does not."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(1, attempts + 1):
+        before = len(FAILED_CALLS)
+        button.click()
+        try:
+            accepted()
+            return
+        except PlaywrightTimeout:
+            busy = [c for c in FAILED_CALLS[before:] if c[0] == 503 and re.search(request, c[2])]
+            if not busy or attempt == attempts:
+                raise
 
 
 class Shots:
@@ -88,8 +115,8 @@ def save_block_in_ui(page, served, shot, name: str, uri: str) -> None:
                              has=page.locator("h3", has_text=re.compile("^Connection URI$")))
     uri_field.locator("textarea").fill(uri)
     shot(f"block-{name}-form")
-    page.get_by_role("button", name="Create", exact=True).click()
-    page.wait_for_url(re.compile(r"/blocks/block/[0-9a-f-]{36}"))
+    click_until_accepted(page, page.get_by_role("button", name="Create", exact=True), r"/block_documents/$",
+                         lambda: page.wait_for_url(re.compile(r"/blocks/block/[0-9a-f-]{36}")))
     page.get_by_text(name).first.wait_for()
     shot(f"block-{name}-saved")
 
@@ -112,11 +139,15 @@ def open_custom_run_form(page, served, deployment: dict, shot) -> None:
 
 def submit_run_form(page, served, deployment: dict, shot) -> dict:
     before = {r["id"] for r in served.flow_runs(deployments={"id": {"any_": [deployment["id"]]}})}
-    page.get_by_role("button", name="Submit", exact=True).click()
-    page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]{36}(\?.*)?$"))
+    click_until_accepted(page, page.get_by_role("button", name="Submit", exact=True), r"/create_flow_run$",
+                         lambda: page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]{36}(\?.*)?$")))
     runs = [r for r in served.flow_runs(deployments={"id": {"any_": [deployment["id"]]}})
             if r["id"] not in before]
     assert len(runs) == 1, "the form did not create one flow run"
+    # the Runs tab lists runs sorted by start time: this one shows once it has started
+    served.wait_for_state(runs[0]["id"], {"RUNNING", "PAUSED"} | FINAL_STATES)
+    page.reload()
+    page.locator(f'a[href="/runs/flow-run/{runs[0]["id"]}"]').first.wait_for()
     shot("run-submitted")
     return runs[0]
 
@@ -241,8 +272,8 @@ def test_cutover_approved_in_the_ui(served, page, src_client, dst_client, source
         "approved by the UI test")
     assert modal.get_by_role("switch").get_attribute("aria-checked") == "true"
     shot("approval-form")
-    modal.get_by_role("button", name="Submit", exact=True).click()
-    modal.wait_for(state="hidden")
+    click_until_accepted(page, modal.get_by_role("button", name="Submit", exact=True), r"/resume$",
+                         lambda: modal.wait_for(state="hidden"))
 
     final = served.wait_for_state(run["id"], timeout=RUN_TIMEOUT_MS / 1000)
     assert final["state_type"] == "COMPLETED", served.logs(run["id"])[-3000:]
