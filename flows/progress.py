@@ -42,7 +42,8 @@ class CopyProgress:
         start = 0.0 if ranges else 100.0  # nothing to copy is a finished copy
         self.overall = create_progress_artifact(
             start, key=FULL_COPY_KEY,
-            description=f"Full copy: {len(self.plans)} collections, about {total:,} documents",
+            description=f"Full copy: {len(self.plans)} collection{'' if len(self.plans) == 1 else 's'}, "
+            f"about {total:,} documents",
         )
         self.shown: dict[UUID, float] = {self.overall: start}
         biggest = sorted(self.plans, key=lambda ns: -self.expected[ns])[:MAX_COLLECTION_BARS]
