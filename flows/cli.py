@@ -97,7 +97,9 @@ def format_summary(s) -> str:
         f"{'source':<40} {'target':<40} {'documents':>12} {'indexes':>7}",
     ]
     for c in s.collections:
-        lines.append(f"{c.source_ns:<40} {c.target_ns:<40} {c.target_docs:>12,} {c.indexes:>7}")
+        # time-series data travels (and is counted) as bucket documents, not measurements
+        unit = " (buckets)" if c.kind == "timeseries" else ""
+        lines.append(f"{c.source_ns:<40} {c.target_ns:<40} {c.target_docs:>12,} {c.indexes:>7}{unit}")
     for v in s.views:
         lines.append(f"{'(view)':<40} {v:<40}")
     lines.append(

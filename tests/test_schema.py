@@ -11,6 +11,7 @@ import bson
 from bson import Decimal128, Int64, Regex
 from bson import json_util
 
+from flows.cli import format_summary
 from flows.migrate import migrate
 from tasks.common import RAW
 from tasks.copy import CopyRange, copy_collection_range
@@ -190,6 +191,11 @@ def test_collection_options_and_views_are_recreated(src_client, dst_client, spec
                                              "shop.customers": "shop_v2.clients"}))
 
     assert summary.counts_match
+    # the summary counts time-series data as the buckets that travel, and says so
+    weather_row = next(line for line in format_summary(summary).splitlines() if line.startswith("opt.weather"))
+    assert weather_row.endswith("(buckets)")
+    assert not next(line for line in format_summary(summary).splitlines()
+                    if line.startswith("opt.capped")).endswith("(buckets)")
     names = ["capped", "collated", "strict", "lenient", "clustered", "weather", "audited", "foo_ts"]
     for name in names:
         assert encoded_options(dst_client, f"opt.{name}") == encoded_options(src_client, f"opt.{name}"), name
