@@ -76,7 +76,7 @@ def _capped(plan: CollectionPlan) -> bool:
     return bool(plan.options.get("capped"))
 
 
-def _splittable(plan: CollectionPlan) -> bool:
+def splittable(plan: CollectionPlan) -> bool:
     # clustered collections (time-series buckets included) have no separate _id index to bound;
     # a capped collection is copied whole, in insertion order (see copy_collection_range)
     return plan.kind == "collection" and "clusteredIndex" not in plan.options and not _capped(plan)
@@ -111,7 +111,7 @@ def _cut_ranges(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRange]:
     coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
     estimated = coll.estimated_document_count()
     per_range = spec.copy_options.range_docs
-    if not _splittable(plan) or estimated <= per_range:
+    if not splittable(plan) or estimated <= per_range:
         return [CopyRange(plan=plan, estimated_docs=estimated)]
     wanted = math.ceil(estimated / per_range)
     sample_size = min(wanted * 20, 20_000)

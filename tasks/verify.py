@@ -36,7 +36,7 @@ from pymongo.collection import Collection
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import RAW, from_ejson, step, to_ejson
-from tasks.copy import SKIPPED_DOCUMENTS, CopyRange, _splittable, split_collection
+from tasks.copy import SKIPPED_DOCUMENTS, CopyRange, splittable, split_collection
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 from tasks.schema import map_view_pipeline, view_source_name
 
@@ -152,7 +152,7 @@ def range_batches(spec: MigrationSpec, rng: CopyRange, side: Side) -> Iterator[b
     """The raw batches of one `_id` range on one side, bounded as the copy bounds it."""
     coll = _collection(spec, rng.plan, side)
     cursor = coll.find_raw_batches({}, batch_size=VERIFY_BATCH_DOCS, cursor_type=CursorType.EXHAUST)
-    if _splittable(rng.plan):
+    if splittable(rng.plan):
         cursor = cursor.hint([("_id", ASCENDING)])
         if rng.lower_ejson:
             cursor = cursor.min(list(from_ejson(rng.lower_ejson).items()))
@@ -448,29 +448,3 @@ def verify_collection(spec: MigrationSpec, plan: CollectionPlan, recheck_delay_s
 
 
 verify_collection_task = step(verify_collection)
-
-
-# -- the count-only check the foundation used (kept for callers that want a quick count) ----------
-
-class CountCheck(BaseModel):
-    source_ns: str
-    target_ns: str
-    source_docs: int
-    target_docs: int
-
-    @property
-    def equal(self) -> bool:
-        return self.source_docs == self.target_docs
-
-
-def count_check(spec: MigrationSpec, plan: CollectionPlan) -> CountCheck:
-    """Exact document counts on both sides (time-series count measurements, not buckets)."""
-    src = open_client(spec.source.resolve())[plan.source_db][plan.source_name]
-    dst = open_client(spec.destination.resolve())[plan.target_db][plan.target_name]
-    return CountCheck(
-        source_ns=plan.source_ns, target_ns=plan.target_ns,
-        source_docs=src.count_documents({}), target_docs=dst.count_documents({}),
-    )
-
-
-count_check_task = step(count_check)
