@@ -14,9 +14,9 @@ from blocks.spec import MigrationSpec
 from flows.progress import PROGRESS_EVERY_S, CopyProgress
 from tasks.connect import check_connectivity_task
 from tasks.copy import CopyStats, copy_collection_range_task, split_collection_task
-from tasks.namespaces import CollectionPlan, MigrationPlan, plan_namespaces_task
+from tasks.namespaces import CollectionPlan, MigrationPlan
 from tasks.notify import flow_run_url, notify_finished, notify_migration_failed, notify_precheck_failed
-from tasks.precheck import CheckResult, PrecheckReport, list_selected_objects_task, run_prechecks
+from tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks
 from tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
 from tasks.state import finish_run_task, start_run_task
 from tasks.changes import save_start_point_task

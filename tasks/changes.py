@@ -51,7 +51,8 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, 
 
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, SYSTEM_DATABASES, MigrationSpec
-from tasks.common import RAW, step, to_ejson
+from tasks.common import (DUPLICATE_KEY, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND, RAW, step,
+                          to_ejson)
 from tasks.copy import insert_raw_batch
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 from tasks.precheck import RUNS
@@ -62,9 +63,7 @@ log = logging.getLogger("mongo_migrate.changes")
 SYNC_STATE = "sync_state"  # one document per spec digest in META_DATABASE
 # ChangeStreamHistoryLost, and ChangeStreamFatalError ("the resume token was not found")
 HISTORY_LOST = {286, 280}
-NAMESPACE_NOT_FOUND, INDEX_NOT_FOUND, NAMESPACE_EXISTS = 26, 27, 48
 INDEX_CONFLICTS = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
-DUPLICATE_KEY = 11000
 _DICT = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
 Target = tuple[str, str]

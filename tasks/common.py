@@ -15,6 +15,14 @@ from prefect.cache_policies import NO_CACHE
 RAW = CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 _CANONICAL = JSONOptions(json_mode=JSONMode.CANONICAL, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 
+# server error codes the tasks act on (src/mongo/base/error_codes.yml)
+UNAUTHORIZED = 13
+NAMESPACE_NOT_FOUND = 26
+INDEX_NOT_FOUND = 27
+NAMESPACE_EXISTS = 48
+COMMAND_NOT_SUPPORTED_ON_VIEW = 166
+DUPLICATE_KEY = 11000
+
 
 def to_ejson(value: Any) -> str:
     """Canonical Extended JSON: a plain string that keeps every BSON type (for task arguments)."""

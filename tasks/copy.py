@@ -26,12 +26,11 @@ from pymongo.errors import BulkWriteError
 
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
-from tasks.common import RAW, from_ejson, step, to_ejson
+from tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson
 from tasks.namespaces import CollectionPlan
 
 log = logging.getLogger("mongo_migrate.copy")
 
-DUPLICATE_KEY = 11000
 CHECKPOINT_EVERY_S = 5.0
 COPY_UNITS = "copy_units"
 SKIPPED_DOCUMENTS = "skipped_documents"  # refused documents left out under on_document_error: skip

@@ -15,13 +15,12 @@ from pymongo.errors import OperationFailure, PyMongoError
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
 from tasks.changes import sync_state_collection
-from tasks.common import RAW, step, to_ejson
+from tasks.common import RAW, UNAUTHORIZED, step, to_ejson
 from tasks.namespaces import CollectionPlan
 from tasks.schema import IndexResult
 
 log = logging.getLogger("mongo_migrate.cutover")
 
-UNAUTHORIZED = 13
 UNBLOCK_HINT = "db.adminCommand({setUserWriteBlockMode: 1, global: false})"
 
 

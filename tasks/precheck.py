@@ -18,7 +18,7 @@ import functools
 import logging
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Callable, Literal, Optional
 from urllib.parse import urlsplit
 
@@ -37,9 +37,10 @@ from blocks.spec import (
     collection_name_problem,
     database_name_problem,
 )
-from tasks.common import from_ejson, step, to_ejson
+from tasks.common import (COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND, UNAUTHORIZED, from_ejson, step,
+                          to_ejson)
 from tasks.connect import EndpointInfo, describe_connection_error
-from tasks.namespaces import CollectionPlan, MigrationPlan, NamespaceMapper, plan_namespaces
+from tasks.namespaces import CollectionPlan, MigrationPlan, plan_namespaces
 
 log = logging.getLogger("mongo_migrate.precheck")
 
@@ -133,7 +134,7 @@ def check_item(name: str) -> Callable:
             except SpecError as exc:
                 return failed(name, str(exc), "fix the spec")
             except PyMongoError as exc:
-                if isinstance(exc, OperationFailure) and exc.code == 13:  # Unauthorized
+                if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
                     msg = (exc.details or {}).get("errmsg", str(exc)).split(" to execute command")[0]
                     return failed(name, f"could not check: {msg}",
                                   "grant the privileges the permissions items list, then rerun")
@@ -195,7 +196,7 @@ def list_selected_objects(spec: MigrationSpec) -> ObjectListing:
     try:
         return ObjectListing(plan=plan_namespaces(spec))
     except PyMongoError as exc:
-        if isinstance(exc, OperationFailure) and exc.code == 13:
+        if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
             msg = (exc.details or {}).get("errmsg", str(exc)).split(" to execute command")[0]
         else:
             msg = describe_connection_error(exc, "source")[1]
@@ -294,7 +295,15 @@ def read_source_inventory(spec: MigrationSpec, plan: MigrationPlan) -> SourceInv
         for p in plan.data_plans:
             coll = client[p.source_db][p.source_name]
             docs = data = index = 0
-            for s in coll.aggregate([{"$collStats": {"storageStats": {}}}]):  # one per shard
+            try:
+                stats = list(coll.aggregate([{"$collStats": {"storageStats": {}}}]))  # one per shard
+            except OperationFailure as exc:
+                if exc.code in (NAMESPACE_NOT_FOUND, COMMAND_NOT_SUPPORTED_ON_VIEW):
+                    # dropped (or replaced by a view) since the plan listed it: a live source does
+                    # that; there is nothing to size, and the sync replays the drop
+                    continue
+                raise
+            for s in stats:
                 st = s.get("storageStats", {})
                 docs += int(st.get("count") or 0)
                 data += int(st.get("size") or 0)
@@ -303,7 +312,7 @@ def read_source_inventory(spec: MigrationSpec, plan: MigrationPlan) -> SourceInv
             facts.append(CollectionFacts(plan=p, docs=docs, data_bytes=data, index_bytes=index,
                                          indexes_ejson=to_ejson(indexes)))
     except PyMongoError as exc:
-        if isinstance(exc, OperationFailure) and exc.code == 13:
+        if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
             msg = (exc.details or {}).get("errmsg", str(exc)).split(" to execute command")[0]
         else:
             msg = describe_connection_error(exc, "source")[1]
@@ -566,7 +575,7 @@ def check_source_permissions(spec: MigrationSpec, plan: MigrationPlan) -> CheckR
     if not spec.objects and not privs.allows_cluster("listDatabases"):
         return warning(name, f"{', '.join(privs.users)} has {what}, but cannot list every database: "
                        "objects is empty (every database), so only the databases it may read are "
-                       "migrated", f"grant readAnyDatabase, or name the databases in objects")
+                       "migrated", "grant readAnyDatabase, or name the databases in objects")
     return passed(name, f"{', '.join(privs.users)} has {what} (read from connectionStatus)")
 
 

@@ -143,8 +143,13 @@ def test_sync_killed_then_run_again_and_approved_from_another_process(
         time.sleep(1)  # the load goes on with no sync running
 
         second = start_cli(prefect_api, tmp_path / "second.log", "run", path)
-        waiting = wait_for(lambda: [r for r in waiting_since(started) if r.id != killed.id], timeout=180,
-                           what="the second run to wait")
+
+        def second_waits() -> list:
+            # a second run that ended (a precheck that failed on the live source) says why at once
+            assert second.poll() is None, (tmp_path / "second.log").read_text()[-3000:]
+            return [r for r in waiting_since(started) if r.id != killed.id]
+
+        waiting = wait_for(second_waits, timeout=180, what="the second run to wait")
         # the killed run was marked crashed: only the new one waits, so `approve` needs no id
         assert [r.id for r in waiting_since(started)] == [waiting[0].id]
         load.stop()

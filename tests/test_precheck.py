@@ -392,6 +392,21 @@ def test_destination_storage(src_client, spec_for):
     assert pc.classify_storage(3_300_000, free, None).status == "failed"
 
 
+def test_inventory_of_a_live_source_skips_a_collection_dropped_after_listing(src_client, spec_for):
+    """A live source drops collections while the precheck reads it (a rerun of an incremental
+    migration prechecks while the business writes): one gone between listing and sizing is skipped."""
+    src_client.shop.orders.insert_many([{"_id": i} for i in range(10)])
+    src_client.shop.tmp.insert_one({"_id": 1})
+    src_client.shop.create_collection("swapped")
+    spec = spec_for(objects=[{"database": "shop"}])
+    plan = plan_namespaces(spec)
+    src_client.shop.drop_collection("tmp")
+    src_client.shop.drop_collection("swapped")
+    src_client.shop.command("create", "swapped", viewOn="orders", pipeline=[])
+    inventory = pc.read_source_inventory(spec, plan)
+    assert inventory.error is None
+    assert [(c.plan.source_name, c.docs) for c in inventory.collections] == [("orders", 10)]
+
 def test_destination_storage_unknown_free_space_warns(auth_server):
     with auth_server.client() as c:
         c.drop_database("mongo_migrate_meta")
