@@ -245,12 +245,12 @@ def one_line(exc: BaseException) -> str:
 
 def _verify(spec, args) -> int:
     from blocks.spec import SpecError
-    from flows.verify import VerificationUnavailable, verification_text, verify_for
+    from flows.verify import VerificationUnavailable, verification_text, verify
     from tasks.verify import RECHECK_DELAY_S
 
     delay = RECHECK_DELAY_S if args.recheck_delay is None else args.recheck_delay
     try:
-        report = verify_for(spec)(spec, recheck_delay_s=delay)
+        report = verify(spec, recheck_delay_s=delay)
     except (VerificationUnavailable, SpecError) as exc:
         _error(f"cannot verify: {exc}")
         return EXIT_BAD_INPUT

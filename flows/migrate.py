@@ -22,7 +22,7 @@ from tasks.state import finish_run_task, start_run_task
 from tasks.changes import save_start_point_task
 from tasks.cutover import record_deferred_unique_task
 from flows.incremental import SyncReport, incremental_sync
-from flows.verify import verify_for
+from flows.verify import verify_plan
 
 
 class PrecheckFailed(RuntimeError):
@@ -96,13 +96,24 @@ def precheck(spec: MigrationSpec) -> PrecheckOutcome:
     return PrecheckOutcome(report=report, plan=plan)
 
 
-@flow(name="full-copy", description="Copy every selected collection, big ones range by range.")
 def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStats]:
-    ranges = [r for f in split_collection_task.map(unmapped(spec), plans) for r in f.result()]
-    # biggest first, so that the last workers to finish are not stuck with a giant
-    ranges.sort(key=lambda r: -r.estimated_docs)
-    progress = CopyProgress(spec, ranges)  # "full-copy-progress" and a bar per collection
-    futures = copy_collection_range_task.map(unmapped(spec), ranges)
+    """Copy every selected collection, big ones range by range, `parallel_workers` ranges at once.
+
+    The ranges are tasks of the calling flow run, on a thread pool of their own sized by the spec.
+    (A subflow would do the sizing too, but costs seconds per run: its tracking task run is a write
+    that a local SQLite server often answers 503 "database is locked", and the client retries it
+    after 2 s; its heartbeat thread takes up to another second to stop.)"""
+    with ThreadPoolTaskRunner(max_workers=spec.copy_options.parallel_workers) as runner:
+        splits = runner.map(split_collection_task, {"spec": unmapped(spec), "plan": plans})
+        ranges = [r for f in splits for r in f.result()]
+        # biggest first, so that the last workers to finish are not stuck with a giant
+        ranges.sort(key=lambda r: -r.estimated_docs)
+        progress = CopyProgress(spec, ranges)  # "full-copy-progress" and a bar per collection
+        futures = runner.map(copy_collection_range_task, {"spec": unmapped(spec), "rng": ranges})
+        return _settle_ranges(futures, ranges, progress)
+
+
+def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
     range_of = dict(zip(futures, ranges))
     results: list[CopyStats] = []
     errors: list[BaseException] = []
@@ -161,10 +172,7 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         fut.result()
 
     copy_started = time.monotonic()
-    copy_flow = full_copy.with_options(
-        task_runner=ThreadPoolTaskRunner(max_workers=spec.copy_options.parallel_workers)
-    )
-    stats = copy_flow(spec, data_plans)
+    stats = full_copy(spec, data_plans)
     copy_seconds = time.monotonic() - copy_started
 
     index_started = time.monotonic()
@@ -193,7 +201,7 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         plan = sync.plan or plan  # collections may have been created, dropped or renamed meanwhile
         data_plans = plan.data_plans
     # the last step: counts, every document's bytes, options, indexes and views (flows/verify.py)
-    verification = verify_for(spec)(spec, plan)
+    verification = verify_plan(spec, plan)
     counts = verification.collections
 
     summary = summarize(spec, run.resumed, data_plans, stats, counts, indexes, views,

@@ -77,7 +77,7 @@ def verification_text(report: VerificationReport) -> str:
 
 
 @flow(name="verify", description="Compare the destination with the source: counts, document bytes, "
-      "options, indexes, views.", task_runner=ThreadPoolTaskRunner(max_workers=4))
+      "options, indexes, views.")
 def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
            recheck_delay_s: float = RECHECK_DELAY_S) -> VerificationReport:
     if plan is None:
@@ -89,14 +89,24 @@ def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
         plan = plan_namespaces_task(spec)
         if plan.missing:
             raise VerificationUnavailable("selected but not on the source: " + ", ".join(plan.missing))
+    return verify_plan(spec, plan, recheck_delay_s)
+
+
+def verify_plan(spec: MigrationSpec, plan: MigrationPlan,
+                recheck_delay_s: float = RECHECK_DELAY_S) -> VerificationReport:
+    """Verify every collection and view of the plan, as tasks of the calling flow run (`verify`, or
+    `migrate` as its last step: not a subflow, for the reason flows/migrate.py:full_copy gives)."""
     started = time.monotonic()
     # at most two range reads per copy worker at any time, however the collections are sized: a
     # collection alone gets every read, several share them (memory stays flat, see bench/verify.py)
-    at_once = max(1, min(spec.copy_options.parallel_workers, len(plan.data_plans)))
-    scan_threads = max(2, 2 * spec.copy_options.parallel_workers // at_once)
-    futures = verify_collection_task.map(unmapped(spec), plan.collections, unmapped(recheck_delay_s),
-                                         unmapped(scan_threads))
-    report = VerificationReport(collections=[f.result() for f in futures])
+    workers = spec.copy_options.parallel_workers
+    at_once = max(1, min(workers, len(plan.data_plans)))
+    scan_threads = max(2, 2 * workers // at_once)
+    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+        futures = runner.map(verify_collection_task, {
+            "spec": unmapped(spec), "plan": plan.collections,
+            "recheck_delay_s": unmapped(recheck_delay_s), "scan_threads": unmapped(scan_threads)})
+        report = VerificationReport(collections=[f.result() for f in futures])
     report.seconds = round(time.monotonic() - started, 3)
     create_table_artifact(
         key="verification", table=verification_table(report),
@@ -104,8 +114,3 @@ def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
                                          f"{len(report.unequal)} collections DIFFER"),
     )
     return report
-
-
-def verify_for(spec: MigrationSpec):
-    """The verify flow with as many collections at once as the spec's copy workers."""
-    return verify.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.copy_options.parallel_workers))
