@@ -53,7 +53,7 @@ from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, SYSTEM_DATABASES, MigrationSpec
 from tasks.common import (DUPLICATE_KEY, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND, RAW, step,
                           to_ejson)
-from tasks.copy import insert_raw_batch
+from tasks.copy import insert_raw_stream
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 from tasks.precheck import RUNS
 from tasks.schema import build_indexes, create_target_collection, create_views
@@ -482,9 +482,9 @@ def recopy_collection(spec: MigrationSpec, source: Target, target: Target) -> in
     writer = dst[plan.target_db].get_collection(plan.target_data_collection, codec_options=RAW)
     copied = 0
     batch = spec.copy_options.batch_docs
-    cursor = reader.find({}, batch_size=batch)  # natural order: a capped collection keeps its order
-    while docs := cursor.to_list(batch):
-        copied += insert_raw_batch(writer, docs, plan.target_ns)
+    # natural order: a capped collection keeps its order
+    for stream in reader.find_raw_batches({}, batch_size=batch):
+        copied += insert_raw_stream(writer, stream, plan.target_ns)[1]
     build_indexes(spec, plan)
     return copied
 

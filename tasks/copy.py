@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,10 +20,12 @@ from datetime import datetime, timezone
 
 import bson
 from bson import MaxKey
+from bson.errors import InvalidDocument
+from bson.raw_bson import _RAW_BSON_DOCUMENT_MARKER, RawBSONDocument
 from pydantic import BaseModel
 from pymongo import ASCENDING, CursorType
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, WriteConcernError
 
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
@@ -137,7 +140,7 @@ def _cut_ranges(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRange]:
     ]
 
 
-def _prefetch(batches: Iterable[list], depth: int = 2) -> Iterator[list]:
+def _prefetch(batches: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
     """Read the next batches in a thread while the current one is written."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -183,25 +186,126 @@ def _already_there(error: dict) -> bool:
     return " index: _id_ " in error.get("errmsg", "")
 
 
-def insert_raw_batch(target: Collection, docs: list, target_ns: str,
-                     skip_refused: Callable[[object, dict], None] | None = None) -> int:
-    """Insert raw documents unordered; documents already there are not an error. Returns inserted.
+class _DocumentSequence:
+    """BSON documents laid end to end, as `find_raw_batches` returns a server batch.
+
+    bson's encoder writes the bytes of an object marked as a RawBSONDocument into a message as they
+    are, so in an insert command's `documents` this one object becomes the whole OP_MSG document
+    sequence, which the server reads as the documents it holds. The batch goes from the source's
+    reply to the destination without a Python object per document: that per-document work was most
+    of the copy's client CPU (bench/full_copy.py). If a pymongo release stops passing the bytes
+    through, `insert_raw_stream` notices at once and falls back to one RawBSONDocument per document.
+    """
+
+    _type_marker = _RAW_BSON_DOCUMENT_MARKER
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
+_SEQUENCE_PASSES_THROUGH = True
+_BSON_SIZE = struct.Struct("<i").unpack_from
+
+
+def document_offsets(stream: bytes) -> list[int]:
+    """Where each document of a stream of BSON documents starts (each begins with its length)."""
+    offsets, pos, end = [], 0, len(stream)
+    while pos < end:
+        offsets.append(pos)
+        pos += _BSON_SIZE(stream, pos)[0]
+    if pos != end:
+        raise bson.errors.InvalidBSON("a document's length runs past the end of its batch")
+    return offsets
+
+
+def insert_raw_stream(target: Collection, stream: bytes, target_ns: str,
+                      skip_refused: Callable[[object, dict], None] | None = None) -> tuple[int, int]:
+    """Insert a stream of raw BSON documents unordered, bytes unchanged; documents already there are
+    not an error. Returns (documents in the stream, documents inserted).
 
     A document refused for another reason raises DocumentWriteError, or is handed to `skip_refused`
     (its _id and the write error) when refused documents are to be skipped."""
+    global _SEQUENCE_PASSES_THROUGH
+    offsets = document_offsets(stream)
+    if not offsets:
+        return 0, 0
+    if not _SEQUENCE_PASSES_THROUGH:
+        return len(offsets), _insert_documents(target, stream, offsets, target_ns, skip_refused)
+    inserted = 0
+    for first, last in _chunks(offsets, len(stream)):
+        end = offsets[last] if last < len(offsets) else len(stream)
+        chunk = stream if (first, end) == (0, len(stream)) else stream[offsets[first]:end]
+        command = {"insert": target.name, "documents": [_DocumentSequence(chunk)], "ordered": False,
+                   "bypassDocumentValidation": True}
+        if not target.write_concern.is_server_default:
+            command["writeConcern"] = target.write_concern.document
+        try:
+            reply = target.database.command(command)
+        except (InvalidDocument, TypeError) as exc:
+            _SEQUENCE_PASSES_THROUGH = False
+            log.warning("this pymongo does not pass raw document sequences through (%s); copying "
+                        "document by document", exc)
+            return len(offsets), inserted + _insert_documents(
+                target, stream, offsets[first:], target_ns, skip_refused)
+        if reply.get("writeConcernError"):
+            raise WriteConcernError(reply["writeConcernError"].get("errmsg", "write concern error"),
+                                    reply["writeConcernError"].get("code"), reply)
+        inserted += reply.get("n", 0)
+        refused = [e for e in reply.get("writeErrors", []) if not _already_there(e)]
+        _report_refused(refused, lambda e: stream_document(stream, offsets[first + e["index"]]),
+                        target_ns, skip_refused)
+    return len(offsets), inserted
+
+
+# what one insert command may carry: pymongo refuses a command over the maximum BSON object size
+# (16 MiB on every server version) plus 16 KiB; a server batch is under it, a recopy's list may not be
+MAX_COMMAND_DOCUMENTS = 16 * 1024 * 1024
+
+
+def _chunks(offsets: list[int], end: int, limit: int = MAX_COMMAND_DOCUMENTS) -> Iterator[tuple[int, int]]:
+    """Runs of consecutive documents [first, last) of at most `limit` bytes (or one document)."""
+    if end <= limit:
+        yield 0, len(offsets)
+        return
+    first = 0
+    for i in range(len(offsets)):
+        stop = offsets[i + 1] if i + 1 < len(offsets) else end
+        if i > first and stop - offsets[first] > limit:
+            yield first, i
+            first = i
+    yield first, len(offsets)
+
+
+def stream_document(stream: bytes, offset: int) -> RawBSONDocument:
+    return RawBSONDocument(stream[offset:offset + _BSON_SIZE(stream, offset)[0]], RAW)
+
+
+def last_document(stream: bytes) -> RawBSONDocument:
+    return stream_document(stream, document_offsets(stream)[-1])
+
+
+def _report_refused(refused: list[dict], document_of: Callable[[dict], RawBSONDocument], target_ns: str,
+                    skip_refused: Callable[[object, dict], None] | None) -> None:
+    if refused and skip_refused is not None:
+        for error in refused:
+            skip_refused(document_of(error)["_id"], error)
+    elif refused:
+        first = refused[0]
+        doc_id = document_of(first)["_id"] if "index" in first else None
+        raise DocumentWriteError(target_ns, doc_id, first.get("code"), first.get("errmsg", ""))
+
+
+def _insert_documents(target: Collection, stream: bytes, offsets: list[int], target_ns: str,
+                      skip_refused: Callable[[object, dict], None] | None) -> int:
+    """The same insert with pymongo's bulk API, one RawBSONDocument per document."""
+    docs = [stream_document(stream, o) for o in offsets]
     try:
         target.insert_many(docs, ordered=False, bypass_document_validation=True)
         return len(docs)
     except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        refused = [e for e in errors if not _already_there(e)]
-        if refused and skip_refused is not None:
-            for error in refused:
-                skip_refused(docs[error["index"]]["_id"], error)
-        elif refused:
-            first = refused[0]
-            doc_id = docs[first["index"]]["_id"] if "index" in first else None
-            raise DocumentWriteError(target_ns, doc_id, first.get("code"), first.get("errmsg", "")) from None
+        refused = [e for e in exc.details.get("writeErrors", []) if not _already_there(e)]
+        _report_refused(refused, lambda e: docs[e["index"]], target_ns, skip_refused)
         return exc.details.get("nInserted", 0)
 
 
@@ -246,10 +350,11 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
             cursor = cursor.max(list(upper.items()))
     # one server reply at a time: at most batch_docs documents and never over 16 MB, whatever the
     # documents' sizes, so memory stays bounded
-    batches: Iterable[list] = (bson.decode_all(raw, RAW) for raw in cursor)
+    # (each batch is the documents' bytes end to end, straight from the server's reply)
+    batches: Iterable[bytes] = cursor
     if lower is not None and upper is None:
         # an index scan from `min` with no `max` stops before an _id of MaxKey (seen on 6.0)
-        batches = itertools.chain(batches, (source.find({"_id": MaxKey()}).to_list() for _ in (1,)))
+        batches = itertools.chain(batches, source.find_raw_batches({"_id": MaxKey()}))
     skip_refused = None
     if spec.copy_options.on_document_error == "skip":
         skipped = dest[META_DATABASE][SKIPPED_DOCUMENTS]
@@ -267,15 +372,15 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
 
     docs_before, bytes_before = state.get("docs", 0), state.get("bytes", 0)
     last_checkpoint = time.monotonic()
-    for docs in _prefetch(batches):
-        if not docs:
+    for stream in _prefetch(batches):
+        if not stream:
             continue
         # count what was inserted: after a resume, documents already there are not counted twice
-        stats.docs += insert_raw_batch(target, docs, plan.target_ns, skip_refused)
-        stats.bytes += sum(len(d.raw) for d in docs)
+        stats.docs += insert_raw_stream(target, stream, plan.target_ns, skip_refused)[1]
+        stats.bytes += len(stream)
         if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
             units.update_one({"_id": key}, {"$set": {
-                "resume_from": None if capped else to_ejson({"_id": docs[-1]["_id"]}),
+                "resume_from": None if capped else to_ejson({"_id": last_document(stream)["_id"]}),
                 "docs": docs_before + stats.docs, "bytes": bytes_before + stats.bytes,
                 "updated": datetime.now(timezone.utc),
             }}, upsert=True)
