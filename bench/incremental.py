@@ -20,7 +20,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -222,7 +221,6 @@ def main() -> None:
         backlog_rate = load.run(None, args.backlog_seconds)
         backlog = load.ops - backlog_ops_before
         peak = sync.peak_rss_mb
-        started = time.monotonic()
         sync = SyncProcess(spec)
         took = sync.wait_caught_up(600)
         sync.stop()
