@@ -13,7 +13,6 @@ Prints docs/s, MB/s, peak RSS and the migration/ceiling ratio (target >= 0.9, RS
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
 
-from measure import cpu_seconds, run_cli_json  # noqa: E402  (bench/ is the script's directory)
+from measure import cpu_seconds, data_set_args, run_cli_json  # noqa: E402  (bench/ is the script's directory)
 from sandbox.mongod import Mongod  # noqa: E402
 from sandbox.sample_data import encoded_documents  # noqa: E402
 from tasks.common import RAW  # noqa: E402
@@ -65,16 +64,8 @@ def build_indexes(client, db: str, colls: list[str], workers: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=1_000_000)
-    ap.add_argument("--collections", type=int, default=4)
-    ap.add_argument("--doc-bytes", type=int, default=1024)
-    ap.add_argument("--workers", type=int, default=4)
-    args = ap.parse_args()
-
-    n_per = args.docs // args.collections
-    colls = [f"c{i}" for i in range(args.collections)]
-    total_docs = n_per * args.collections
+    args = data_set_args(__doc__.splitlines()[0], default_docs=1_000_000)
+    n_per, colls, total_docs = args.n_per, args.colls, args.total
     with tempfile.TemporaryDirectory(prefix="bench-full-copy-") as tmp, \
             Mongod(Path(tmp) / "src", replset="bsrc") as src, \
             Mongod(Path(tmp) / "dst", replset="bdst") as dst:

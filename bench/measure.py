@@ -1,6 +1,7 @@
 """What the benchmarks share: run the real `mongo-migrate` and sample its memory from /proc."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -21,6 +22,21 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
     except OSError:
         pass
     return 0.0
+
+
+def data_set_args(description: str, default_docs: int) -> argparse.Namespace:
+    """The generated data set's options (shared by the benchmarks that copy or compare one), plus
+    what follows from them: n_per (documents per collection), colls (names), total."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--docs", type=int, default=default_docs)
+    ap.add_argument("--collections", type=int, default=4)
+    ap.add_argument("--doc-bytes", type=int, default=1024)
+    ap.add_argument("--workers", type=int, default=4)
+    args = ap.parse_args()
+    args.n_per = args.docs // args.collections
+    args.colls = [f"c{i}" for i in range(args.collections)]
+    args.total = args.n_per * args.collections
+    return args
 
 
 def cpu_seconds(pid: int) -> float:

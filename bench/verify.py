@@ -10,7 +10,6 @@ Targets: peak RSS < 300 MB whatever N is, >= 50,000 documents/s per side. Defaul
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from full_copy import batches  # noqa: E402  (bench/ is on sys.path as the script's dir)
-from measure import run_cli_json  # noqa: E402
+from measure import data_set_args, run_cli_json  # noqa: E402
 
 from sandbox.mongod import Mongod  # noqa: E402
 from tasks.common import RAW  # noqa: E402
@@ -42,16 +41,8 @@ def seed_both(clients, colls: list[str], n_per: int, doc_bytes: int, workers: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=10_000_000)
-    ap.add_argument("--collections", type=int, default=4)
-    ap.add_argument("--doc-bytes", type=int, default=1024)
-    ap.add_argument("--workers", type=int, default=4)
-    args = ap.parse_args()
-
-    n_per = args.docs // args.collections
-    colls = [f"c{i}" for i in range(args.collections)]
-    total = n_per * args.collections
+    args = data_set_args(__doc__.splitlines()[0], default_docs=10_000_000)
+    n_per, colls, total = args.n_per, args.colls, args.total
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp, \
             Mongod(Path(tmp) / "src", replset="bsrc") as src, \
             Mongod(Path(tmp) / "dst", replset="bdst") as dst:
