@@ -123,6 +123,18 @@ def worst(rows: list[CheckResult]) -> Status:
     return max((r.status for r in rows), key=order.__getitem__, default="passed")
 
 
+def _refusal(exc: OperationFailure) -> str:
+    """The server's reason for refusing a command, without its "to execute command {...}" tail."""
+    return (exc.details or {}).get("errmsg", str(exc)).split(" to execute command")[0]
+
+
+def _source_read_problem(exc: PyMongoError) -> str:
+    """Why the source could not be read: a missing privilege, or the connection's error."""
+    if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
+        return _refusal(exc)
+    return describe_connection_error(exc, "source")[1]
+
+
 def check_item(name: str) -> Callable:
     """A check that raises becomes a failed row naming what could not be read (the table stays whole)."""
 
@@ -135,8 +147,7 @@ def check_item(name: str) -> Callable:
                 return failed(name, str(exc), "fix the spec")
             except PyMongoError as exc:
                 if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
-                    msg = (exc.details or {}).get("errmsg", str(exc)).split(" to execute command")[0]
-                    return failed(name, f"could not check: {msg}",
+                    return failed(name, f"could not check: {_refusal(exc)}",
                                   "grant the privileges the permissions items list, then rerun")
                 return failed(name, "could not check: " + describe_connection_error(exc, "server")[1],
                               "fix the cause, then rerun the precheck")
@@ -196,11 +207,7 @@ def list_selected_objects(spec: MigrationSpec) -> ObjectListing:
     try:
         return ObjectListing(plan=plan_namespaces(spec))
     except PyMongoError as exc:
-        if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
-            msg = (exc.details or {}).get("errmsg", str(exc)).split(" to execute command")[0]
-        else:
-            msg = describe_connection_error(exc, "source")[1]
-        return ObjectListing(error=msg)
+        return ObjectListing(error=_source_read_problem(exc))
 
 
 # -- 1/2: connectivity --------------------------------------------------------------------------
@@ -312,11 +319,7 @@ def read_source_inventory(spec: MigrationSpec, plan: MigrationPlan) -> SourceInv
             facts.append(CollectionFacts(plan=p, docs=docs, data_bytes=data, index_bytes=index,
                                          indexes_ejson=to_ejson(indexes)))
     except PyMongoError as exc:
-        if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
-            msg = (exc.details or {}).get("errmsg", str(exc)).split(" to execute command")[0]
-        else:
-            msg = describe_connection_error(exc, "source")[1]
-        return SourceInventory(collections=facts, error=msg)
+        return SourceInventory(collections=facts, error=_source_read_problem(exc))
     return SourceInventory(collections=facts)
 
 
@@ -665,8 +668,7 @@ def check_incremental_prerequisites(spec: MigrationSpec, source: EndpointInfo,
                           max_await_time_ms=100) as stream:
             stream.try_next()
     except OperationFailure as exc:
-        msg = (exc.details or {}).get("errmsg", str(exc)).split(" to execute command")[0]
-        return failed(name, f"a change stream cannot be opened on the source: {msg}",
+        return failed(name, f"a change stream cannot be opened on the source: {_refusal(exc)}",
                       "see source permissions (readAnyDatabase); the sync needs MongoDB 6.0 or later "
                       "and majority read concern enabled")
     kind = "sharded cluster" if source.topology == "sharded" else f"replica set {source.replica_set}"

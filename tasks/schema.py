@@ -8,14 +8,13 @@ from pymongo.errors import CollectionInvalid, OperationFailure
 
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
-from tasks.common import step, to_ejson
+from tasks.common import NAMESPACE_EXISTS, step, to_ejson
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 
 log = logging.getLogger("mongo_migrate.schema")
 
 # listCollections options that `create` does not take back, or that 6.0+ refuses outside `local`
 _NOT_CREATE_OPTIONS = {"autoIndexId", "uuid"}
-NAMESPACE_EXISTS = 48
 
 
 def create_options(plan: CollectionPlan) -> dict:
