@@ -166,6 +166,21 @@ class MongoEndpoint(Block, MongoConnection):
         )
 
 
+def server_hello(client: MongoClient) -> dict:
+    """The server's `hello` reply; `isMaster` on servers before 4.4.2, which lack `hello` (its
+    `ismaster` is copied to `isWritablePrimary`, so callers read one name)."""
+    from pymongo.errors import OperationFailure
+
+    try:
+        return client.admin.command("hello")
+    except OperationFailure as exc:
+        if exc.code != 59:  # CommandNotFound
+            raise
+    reply = client.admin.command("isMaster")
+    reply.setdefault("isWritablePrimary", reply.get("ismaster", False))
+    return reply
+
+
 _clients: dict[str, MongoClient] = {}
 _clients_lock = threading.Lock()
 

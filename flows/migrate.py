@@ -22,7 +22,7 @@ from tasks.state import finish_run_task, start_run_task
 from tasks.changes import save_start_point_task
 from tasks.cutover import record_deferred_unique_task
 from flows.incremental import SyncReport, incremental_sync
-from flows.verify import verify_plan
+from flows.verify import VerificationReport, verify_plan
 
 
 class PrecheckFailed(RuntimeError):
@@ -202,6 +202,8 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         data_plans = plan.data_plans
     # the last step: counts, every document's bytes, options, indexes and views (flows/verify.py)
     verification = verify_plan(spec, plan)
+    if not spec.incremental:
+        flag_emptied_sources(verification, outcome.report.source_docs)
     counts = verification.collections
 
     summary = summarize(spec, run.resumed, data_plans, stats, counts, indexes, views,
@@ -213,6 +215,17 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         raise MigrationFailed("verification found differences: " + verification.describe())
     finish_run_task(spec)
     return summary
+
+
+def flag_emptied_sources(verification: VerificationReport, precheck_docs: dict[str, int]) -> None:
+    """An empty target of an empty source is equal, but not a migration when the precheck counted
+    documents there: the source was emptied or dropped while it ran. Full migrations only: an
+    incremental sync replays deletes, so an emptied source is followed on purpose there."""
+    for c in verification.collections:
+        before = precheck_docs.get(c.source_ns, 0)
+        if before and c.source_docs == 0 and c.target_docs == 0:
+            c.problems.append(f"the source held {before:,} documents at the precheck and holds none "
+                              "now, and none were copied: was it emptied or dropped during the migration?")
 
 
 def summarize(spec, resumed, plans, stats, counts, indexes, views, seconds, copy_seconds, index_seconds):

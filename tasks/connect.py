@@ -12,7 +12,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from blocks.mongo import MongoConnection, open_client
+from blocks.mongo import MongoConnection, open_client, server_hello
 from blocks.spec import EndpointSpec, SpecError
 from tasks.common import step
 
@@ -30,10 +30,10 @@ class EndpointInfo(BaseModel):
     replica_set: str | None = None
     storage_engine: str | None = None
     fcv: str | None = None
-
-    @property
-    def version_tuple(self) -> tuple[int, ...]:
-        return tuple(int(p) for p in (self.version or "0").split("-")[0].split(".")[:3])
+    # which deployment this is, whatever host name reached it: see deployment_identity
+    identity: str | None = None
+    identity_basis: str | None = None
+    addresses: list[str] = []  # the members' host:port as the server names them (hello)
 
 
 def describe_connection_error(exc: Exception, where: str) -> tuple[Cause, str]:
@@ -48,7 +48,8 @@ def describe_connection_error(exc: Exception, where: str) -> tuple[Cause, str]:
             return "version", f"{where}: {text.split(', full error')[0]}"
         if "dns" in low or "srv" in low and "resolve" in low:
             return "dns", f"{where}: the SRV/TXT host name does not resolve; check the host in the URI"
-        return "uri", f"{where}: malformed connection settings: {text.split(',')[0]}"
+        # the driver's wording, without its closing period (which some releases add)
+        return "uri", f"{where}: malformed connection settings: {text.split(', full error')[0].split(',')[0].rstrip('.')}"
     if isinstance(exc, OperationFailure) and exc.code == 18:
         return "auth", f"{where}: authentication failed; check username, password and auth_source"
     if isinstance(exc, ServerSelectionTimeoutError):
@@ -79,9 +80,55 @@ def check_connectivity(endpoint: EndpointSpec, role: str) -> EndpointInfo:
         return EndpointInfo(role=role, display=where, reachable=False, cause=cause, problem=problem)
 
 
+def deployment_identity(client, hello: dict, topology: str) -> tuple[str | None, str | None]:
+    """(an id unique to the deployment, what it was read from), or (None, None).
+
+    Names and URIs cannot tell two deployments apart (`localhost` and `127.0.0.1`, a secondary's
+    address, two replica sets both called rs0), so the id comes from the servers themselves: a
+    replica set's `replicaSetId` (made at rs.initiate, the same on every member), a sharded
+    cluster's `clusterId`, a standalone's `topologyVersion.processId` (4.4+, made at start-up) or
+    its host, pid and start time. With access control on, the signing key of `$clusterTime` is the
+    deployment's own too. Each read needs a privilege some accounts lack; the first that works wins.
+    """
+    from bson import ObjectId
+
+    attempts: list[tuple[str, object]] = []
+    if topology == "replica_set":
+        attempts += [
+            ("replicaSetId", lambda: client.admin.command("replSetGetConfig")["config"]["settings"]["replicaSetId"]),
+            ("replicaSetId", lambda: client.local["system.replset"].find_one()["settings"]["replicaSetId"]),
+        ]
+    elif topology == "sharded":
+        attempts.append(("clusterId", lambda: client.config["version"].find_one()["clusterId"]))
+    else:
+        attempts.append(("processId", lambda: hello["topologyVersion"]["processId"]))
+
+        def process() -> str:
+            status = client.admin.command("serverStatus", repl=0, metrics=0, locks=0)
+            started = status["localTime"].timestamp() - status["uptime"]
+            return f"{status['host']}/{status['pid']}/{round(started)}"
+
+        attempts.append(("serverStatus host, pid and start time", process))
+
+    def signing_key() -> object:
+        key = (hello.get("$clusterTime") or {}).get("signature", {}).get("keyId")
+        return key or None  # 0: access control is off, nothing is signed
+
+    attempts.append(("clusterTime signing key", signing_key))
+    for basis, read in attempts:
+        try:
+            value = read()
+        except (PyMongoError, KeyError, TypeError):
+            continue
+        if value:
+            kind = "oid" if isinstance(value, ObjectId) else "val"
+            return f"{basis.split()[0]}:{kind}:{value}", basis
+    return None, None
+
+
 def describe_endpoint(conn: MongoConnection, role: str) -> EndpointInfo:
     client = open_client(conn)
-    hello = client.admin.command("hello")  # authenticates too, with the client's credentials
+    hello = server_hello(client)  # authenticates too, with the client's credentials
     if hello.get("msg") == "isdbgrid":
         topology = "sharded"
     elif hello.get("setName"):
@@ -92,7 +139,9 @@ def describe_endpoint(conn: MongoConnection, role: str) -> EndpointInfo:
     info = EndpointInfo(
         role=role, display=f"{role} ({conn.display()})", reachable=True, version=build["version"],
         topology=topology, replica_set=hello.get("setName"),
+        addresses=sorted({*hello.get("hosts", []), *hello.get("passives", []), hello.get("me", "")} - {""}),
     )
+    info.identity, info.identity_basis = deployment_identity(client, hello, topology)
     try:
         status = client.admin.command("serverStatus", repl=0, metrics=0, locks=0)
         info.storage_engine = status.get("storageEngine", {}).get("name")

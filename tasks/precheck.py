@@ -6,6 +6,7 @@ cannot run (an error reading the server) is a failed row, never an exception in 
 
 The items, in table order:
  1/2 source / destination connectivity      7  incremental prerequisites
+ 2b  source is not destination (by the ids the servers report, not by URI)
  3   source version and topology            8  oplog window
  4   destination compatibility              9  destination storage
  5/6 source / destination permissions       10 selected objects (and config database)
@@ -40,7 +41,7 @@ from blocks.spec import (
 from tasks.common import (COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND, UNAUTHORIZED, from_ejson, step,
                           to_ejson)
 from tasks.connect import EndpointInfo, describe_connection_error
-from tasks.namespaces import CollectionPlan, MigrationPlan, plan_namespaces
+from tasks.namespaces import CollectionPlan, MigrationPlan, NamespaceMapper, plan_namespaces
 
 log = logging.getLogger("mongo_migrate.precheck")
 
@@ -49,6 +50,7 @@ RUNS = "runs"
 
 SOURCE_CONNECTIVITY = "source connectivity"
 DESTINATION_CONNECTIVITY = "destination connectivity"
+DISTINCT_DEPLOYMENTS = "source is not destination"
 SOURCE_VERSION = "source version and topology"
 DESTINATION_COMPATIBILITY = "destination compatibility"
 SOURCE_PERMISSIONS = "source permissions"
@@ -82,6 +84,9 @@ class CheckResult(BaseModel):
 
 class PrecheckReport(BaseModel):
     items: list[CheckResult]
+    # documents in each selected source collection when the precheck read it (time-series: buckets);
+    # the last verification compares with it, so an emptied source is never an equal copy
+    source_docs: dict[str, int] = {}
 
     @property
     def passed(self) -> bool:
@@ -231,6 +236,119 @@ def check_endpoint(info: EndpointInfo) -> CheckResult:
     if not info.reachable:
         return failed(name, info.problem or "unreachable", _CONNECT_REMEDY.get(info.cause or "other", ""))
     return passed(name, f"{info.display}: MongoDB {info.version}, {info.topology}")
+
+
+# -- source is not destination: one deployment under two names --------------------------------
+
+def seed_addresses(conn: MongoConnection) -> set[tuple[str, int]]:
+    """The (IP address, port) pairs the URI's hosts resolve to here; empty for mongodb+srv (its
+    hosts come from DNS) or a host that does not resolve."""
+    import socket
+
+    if not conn.uri or conn.uri.startswith("mongodb+srv://"):
+        return set()
+    found: set[tuple[str, int]] = set()
+    for host in urlsplit(conn.uri).netloc.rpartition("@")[2].split(","):
+        if host.startswith("["):  # [::1]:27017
+            name, _, rest = host[1:].partition("]")
+            port = rest.lstrip(":")
+        else:
+            name, _, port = host.partition(":")
+        try:
+            for *_, addr in socket.getaddrinfo(name, int(port or 27017), proto=socket.IPPROTO_TCP):
+                found.add((addr[0], addr[1]))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def same_deployment(source: EndpointInfo, destination: EndpointInfo,
+                    source_addresses: set, destination_addresses: set) -> tuple[Optional[bool], str]:
+    """(True, why) when both endpoints reach one deployment, (False, why) when they are two, (None,
+    why) when nothing the accounts may read tells. Ids read from the servers decide; then replica-set
+    member names (the same whatever alias reached them); then the addresses the URIs resolve to."""
+    if source.identity and destination.identity:
+        if source.identity == destination.identity:
+            return True, f"both report {source.identity_basis} {source.identity.split(':', 2)[2]}"
+        if source.identity.split(":")[0] == destination.identity.split(":")[0]:
+            return False, f"different {source.identity_basis}s"
+    if source.replica_set and source.replica_set == destination.replica_set and (
+            set(source.addresses) & set(destination.addresses)):
+        shared = sorted(set(source.addresses) & set(destination.addresses))[0]
+        return True, f"both are replica set {source.replica_set} with member {shared}"
+    if source_addresses & destination_addresses:
+        ip, port = sorted(source_addresses & destination_addresses)[0]
+        return True, f"both URIs reach {ip}:{port}"
+    if source.identity and destination.identity:
+        return False, f"{source.identity_basis} of one, {destination.identity_basis} of the other"
+    if source.topology != destination.topology:
+        return False, f"a {source.topology} and a {destination.topology}"
+    return None, "neither side's id could be read"
+
+
+def classify_same_deployment(spec: MigrationSpec, plan: MigrationPlan, why: str,
+                             occupied: list[str]) -> CheckResult:
+    """One deployment as source and destination: a copy inside it under other names is fine; any
+    plan that would write, drop or rename what it reads is refused."""
+    name = DISTINCT_DEPLOYMENTS
+    where = f"source ({spec.source.display()}) and destination ({spec.destination.display()})"
+    mapper = NamespaceMapper(spec)
+    if mapper.select_all:
+        return failed(name, f"{where} are the same deployment ({why}), and objects is empty: every "
+                      "database would be copied onto itself",
+                      "point destination at the other deployment; to copy inside this one, list the "
+                      "databases in objects and map them to new names in name_mapping")
+    onto_selected = [f"{p.source_ns} -> {p.target_ns}" for p in plan.collections
+                     if p.target_ns == p.source_ns or mapper.selected(p.target_db, p.target_name)
+                     or p.target_db in mapper.whole_databases]
+    if onto_selected:
+        return failed(name, f"{where} are the same deployment ({why}); these targets are selected "
+                      "source namespaces, which the migration would overwrite: " + _listing(onto_selected),
+                      "point destination at the other deployment, or map the selection to names "
+                      "outside it (name_mapping)")
+    if occupied:
+        return failed(name, f"{where} are the same deployment ({why}); these targets already hold "
+                      "data on it, which the migration would drop or write over: " + _listing(occupied),
+                      "map to names that do not exist yet, or drop those collections yourself first")
+    return passed(name, f"{where} are the same deployment ({why}): copying inside it under new names; "
+                  "the targets are outside the selection, so the sync never reads its own writes")
+
+
+def _occupied_targets(spec: MigrationSpec, plan: MigrationPlan) -> dict[str, Optional[int]]:
+    """{target namespace: documents (None for a view)} for each target that exists and holds data."""
+    dest = open_client(spec.destination.resolve())
+    occupied: dict[str, Optional[int]] = {}
+    existing_by_db: dict[str, set[str]] = {}
+    for p in plan.collections:
+        if p.target_db not in existing_by_db:
+            existing_by_db[p.target_db] = set(dest[p.target_db].list_collection_names())
+        if p.target_name not in existing_by_db[p.target_db]:
+            continue
+        if p.kind == "view":
+            occupied[p.target_ns] = None
+            continue
+        target = dest[p.target_db][p.target_name]
+        if target.find_one({}, {"_id": 1}) is not None:
+            occupied[p.target_ns] = target.estimated_document_count()
+    return occupied
+
+
+@check_item(DISTINCT_DEPLOYMENTS)
+def check_distinct_deployments(spec: MigrationSpec, plan: MigrationPlan, source: EndpointInfo,
+                               destination: EndpointInfo) -> CheckResult:
+    """The destination must not be the source under another name (the same URI, `localhost` for
+    `127.0.0.1`, a secondary's address): dropping "existing targets" there drops the source."""
+    name = DISTINCT_DEPLOYMENTS
+    same, why = same_deployment(source, destination, seed_addresses(spec.source.resolve()),
+                                seed_addresses(spec.destination.resolve()))
+    if same is False:
+        return passed(name, f"two deployments ({why})")
+    if same is None:
+        return warning(name, f"could not tell whether source and destination are one deployment ({why})",
+                       "grant both accounts clusterMonitor (replSetGetConfig, serverStatus) so that "
+                       "the precheck can read which deployment each is")
+    occupied = [] if resumable_run(spec) else list(_occupied_targets(spec, plan))
+    return classify_same_deployment(spec, plan, why, occupied)
 
 
 # -- 3: source version and topology ------------------------------------------------------------
@@ -947,26 +1065,22 @@ def resumable_run(spec: MigrationSpec) -> dict | None:
 @check_item(TARGET_NAMESPACES)
 def check_targets_empty(spec: MigrationSpec, plan: MigrationPlan) -> CheckResult:
     """Item 11, continued: a target namespace that holds data fails, unless the spec says to drop
-    it or it belongs to an unfinished run of this same spec (which resumes)."""
+    it (then each one is named with its document count, before anything is dropped) or it belongs
+    to an unfinished run of this same spec (which resumes)."""
     name = TARGET_NAMESPACES
-    dest = open_client(spec.destination.resolve())
-    occupied = []
-    existing_by_db: dict[str, set[str]] = {}
-    for p in plan.collections:
-        if p.target_db not in existing_by_db:
-            existing_by_db[p.target_db] = set(dest[p.target_db].list_collection_names())
-        if p.target_name not in existing_by_db[p.target_db]:
-            continue
-        if p.kind == "view" or dest[p.target_db][p.target_name].find_one({}, {"_id": 1}) is not None:
-            occupied.append(p.target_ns)
+    occupied = _occupied_targets(spec, plan)
     if not occupied:
         return passed(name, "every target namespace is empty")
     if resumable_run(spec):
         return passed(name, f"resuming an unfinished run of this spec ({len(occupied)} targets hold its data)")
     if spec.copy_options.drop_existing_targets:
-        return warning(name, "will be dropped before the copy: " + _listing(occupied),
-                       "nothing to do, unless that data must be kept")
-    return failed(name, "already hold data: " + _listing(occupied),
+        dropped = [f"{ns} ({'view' if n is None else f'{n:,} document' + 's' * (n != 1)})"
+                   for ns, n in occupied.items()]
+        return warning(name, "drop_existing_targets: will drop " + "; ".join(dropped)
+                       + f" (nothing else: not {META_DATABASE}, nor any collection outside the plan)",
+                       "nothing to do, unless that data must be kept: then set drop_existing_targets: "
+                       "false or map to other names")
+    return failed(name, "already hold data: " + _listing(list(occupied)),
                   "drop them, map to other names, or set copy_options.drop_existing_targets: true")
 
 
@@ -1192,6 +1306,7 @@ check_name_mapping_task = step(check_name_mapping, retries=0)
 check_targets_empty_task = step(check_targets_empty, retries=0)
 check_data_compatibility_task = step(check_data_compatibility, retries=0)
 check_notifications_task = step(check_notifications, retries=0)
+check_distinct_deployments_task = step(check_distinct_deployments, retries=0)
 list_selected_objects_task = step(list_selected_objects, retries=0)
 
 
@@ -1212,13 +1327,16 @@ def run_prechecks(spec: MigrationSpec, source: EndpointInfo, destination: Endpoi
         futures["5"] = check_source_permissions_task.submit(spec, plan)
         futures["10"] = check_objects_task.submit(spec, plan)
     if both and plan is not None:
+        futures["2b"] = check_distinct_deployments_task.submit(spec, plan, source, destination)
         futures["6"] = check_destination_permissions_task.submit(spec, plan)
         futures["11a"] = check_name_mapping_task.submit(spec, plan)
         futures["11b"] = check_targets_empty_task.submit(spec, plan)
     if spec.notifications.slack is not None:
         futures["n"] = check_notifications_task.submit(spec)
+    source_docs: dict[str, int] = {}
     if source.reachable and plan is not None:
         inventory = inventory_f.result()
+        source_docs = {c.plan.source_ns: c.docs for c in inventory.collections}
         futures["8"] = check_oplog_window_task.submit(spec, source, inventory)
         if destination.reachable:
             futures["4"] = check_destination_compatibility_task.submit(source, destination, inventory)
@@ -1226,7 +1344,7 @@ def run_prechecks(spec: MigrationSpec, source: EndpointInfo, destination: Endpoi
             futures["12"] = check_data_compatibility_task.submit(spec, plan, destination, inventory)
 
     items = [check_endpoint(source), check_endpoint(destination)]
-    for key in ("3", "4", "5", "6", "7", "8", "9", "10", "11a", "11b", "12", "n"):
+    for key in ("2b", "3", "4", "5", "6", "7", "8", "9", "10", "11a", "11b", "12", "n"):
         if key in futures:
             items += _rows(futures[key].result())
     if plan is None and source.reachable:
@@ -1237,4 +1355,4 @@ def run_prechecks(spec: MigrationSpec, source: EndpointInfo, destination: Endpoi
         down = " and ".join(i.role for i in (source, destination) if not i.reachable)
         items.append(failed("other items", f"not checked: the {down} cannot be reached",
                             "fix connectivity, then run the precheck again"))
-    return PrecheckReport(items=items)
+    return PrecheckReport(items=items, source_docs=source_docs)

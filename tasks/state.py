@@ -37,7 +37,11 @@ def start_run(spec: MigrationSpec, plan: MigrationPlan, flow_run_id: str | None)
         meta[SKIPPED_DOCUMENTS].delete_many({"run": digest})
         meta[COPY_RANGES].delete_many({"_id": {"$regex": f"^{re.escape(digest)}:"}})
         if spec.copy_options.drop_existing_targets:
+            # exactly the plan's targets, which the precheck listed; never the state database, admin
+            # or local (the spec refuses mappings into them: this keeps it so if that ever slips)
             for p in plan.collections:
+                if p.target_db in (META_DATABASE, "admin", "local"):
+                    raise RuntimeError(f"refusing to drop {p.target_ns}: {p.target_db} is not a target database")
                 dest[p.target_db].drop_collection(p.target_name)
     now = datetime.now(timezone.utc)
     meta[RUNS].update_one(

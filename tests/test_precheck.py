@@ -557,7 +557,8 @@ def test_precheck_flow_table_artifact_and_nothing_written(src_client, dst_client
     report = state.result().report
     assert not report.passed and [i.name for i in report.failed] == ["target namespaces"]
     names = [i.name for i in report.items]
-    for item in ("source connectivity", "destination connectivity", "source version and topology",
+    for item in ("source connectivity", "destination connectivity", "source is not destination",
+                 "source version and topology",
                  "destination compatibility", "source permissions", "destination permissions",
                  "incremental prerequisites", "oplog window", "destination storage", "selected objects",
                  "name mapping", "target namespaces", "data compatibility"):
