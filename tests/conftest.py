@@ -73,6 +73,48 @@ def dest(dest_server):
     _drop_user_databases(dest_server)
 
 
+@pytest.fixture(scope="session")
+def old_servers(tmp_path_factory):
+    """old_servers("4.2.6", standalone=False) -> a running mongod of that version (a single-node
+    replica set, or a standalone), started on first use and shared by the whole session. The binaries
+    are fetched into the server cache on first use (sandbox.servers)."""
+    started: dict[tuple[str, bool], Mongod] = {}
+
+    def get(version: str, standalone: bool = False) -> Mongod:
+        key = (version, standalone)
+        if key not in started:
+            kind = "standalone" if standalone else "rs"
+            m = Mongod(tmp_path_factory.mktemp(f"source-{version}-{kind}"), version=version,
+                       replset=None if standalone else "src" + version.replace(".", ""))
+            started[key] = m.start()
+        elif started[key].proc is None:  # a test stopped it
+            started[key].start()
+        return started[key]
+
+    yield get
+    for m in started.values():
+        m.destroy()
+
+
+@pytest.fixture
+def old_source(old_servers):
+    """old_source("4.2.6", standalone=False) -> a source mongod of that version, like `source`:
+    shared by the session and emptied after the test."""
+    used: list[Mongod] = []
+
+    def get(version: str, standalone: bool = False) -> Mongod:
+        m = old_servers(version, standalone)
+        used.append(m)
+        return m
+
+    yield get
+    close_clients()
+    for m in used:
+        if m.proc is None:
+            m.start()
+        _drop_user_databases(m)
+
+
 @pytest.fixture
 def src_client(source) -> MongoClient:
     with source.client() as c:
