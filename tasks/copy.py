@@ -339,6 +339,13 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
         target.delete_many({})
         state, lower = {}, None
         cursor = source.find_raw_batches({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
+    elif plan.kind == "timeseries":
+        # a buckets collection is clustered: its natural order is _id order. It is never split, and on
+        # 5.0 it lists no _id index to hint (nor so to min() from); a resumed attempt filters instead,
+        # which is exact here because bucket _ids are all ObjectIds (the buckets' validator says so)
+        query = {} if lower is None else {"_id": {"$gte": lower["_id"]}}
+        cursor = source.find_raw_batches(query, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
+        lower = None  # nothing more to bound (nor the MaxKey _id to add below)
     else:
         # walk the _id index (the clustered one too) with index bounds: min/max follow BSON order
         # across types, where a {$gte: ...} query would only match the bound's own type
