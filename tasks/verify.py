@@ -276,8 +276,19 @@ def compare_options(spec: MigrationSpec, plan: CollectionPlan) -> list[str]:
     return [f"{what}: {', '.join(names)}"]
 
 
+def _index_spec(ix: dict) -> dict:
+    spec = {k: v for k, v in ix.items() if k != "ns"}
+    if "2d" in spec.get("key", {}).values():
+        # 5.0+ store a 2d index's bounds as doubles, whatever number they were given (4.2 and 4.4 keep
+        # its type): a 4.x source's `min: -180` is `min: -180.0` on the target, the same index
+        for bound in ("min", "max"):
+            if isinstance(spec.get(bound), int) and not isinstance(spec[bound], bool):
+                spec[bound] = float(spec[bound])
+    return spec
+
+
 def _index_specs(coll: Collection) -> dict[str, bytes]:
-    return {ix["name"]: _canonical({k: v for k, v in ix.items() if k != "ns"}) for ix in coll.list_indexes()}
+    return {ix["name"]: _canonical(_index_spec(ix)) for ix in coll.list_indexes()}
 
 
 def compare_indexes(spec: MigrationSpec, plan: CollectionPlan) -> tuple[list[str], list[str]]:
