@@ -33,6 +33,7 @@ from __future__ import annotations
 import calendar
 import logging
 import queue
+import re
 import threading
 import time
 from collections import defaultdict
@@ -49,7 +50,7 @@ from pydantic import BaseModel
 from pymongo import DeleteOne, ReplaceOne
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
-from blocks.mongo import open_client
+from blocks.mongo import open_client, server_hello
 from blocks.spec import META_DATABASE, SYSTEM_DATABASES, MigrationSpec
 from tasks.common import (DUPLICATE_KEY, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND, RAW, step,
                           to_ejson)
@@ -57,6 +58,7 @@ from tasks.copy import insert_raw_stream
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 from tasks.precheck import RUNS
 from tasks.schema import build_indexes, create_target_collection, create_views
+from tasks.sync.sources import OplogDDL, stream_has_ddl
 
 log = logging.getLogger("mongo_migrate.changes")
 
@@ -199,6 +201,9 @@ class DropDatabase:
         return f"drop the targets of database {self.source_db}"
 
 
+# the server's temporary collection of a rename across databases (src/mongo/db/catalog/rename_collection.cpp)
+CROSS_DATABASE_RENAME_TEMP = re.compile(r"tmp[A-Za-z0-9]{5}\.renameCollection")
+
 Action = Union[CreateCollection, DropCollection, RenameCollection, RecopyCollection, CreateIndexes,
                DropIndexes, ModifyCollection, DropDatabase]
 Change = Union[DocWrite, list, None]
@@ -263,7 +268,10 @@ def plan_change(event: Any, mapper: NamespaceMapper,
         if from_selected and to_selected:
             during_copy = (recopy_renames_before is not None
                            and event["clusterTime"] < recopy_renames_before)
-            if during_copy:
+            # a rename across databases fills a temporary collection in the target database, then
+            # renames it; before 6.0 those inserts are marked fromMigrate, which change streams
+            # leave out, so the renamed collection is copied from the source instead
+            if during_copy or CROSS_DATABASE_RENAME_TEMP.fullmatch(coll):
                 return [DropCollection(old_target), RecopyCollection((to_db, to_coll), new_target)]
             if old_target == new_target:
                 return None
@@ -419,13 +427,20 @@ def save_start_point(spec: MigrationSpec, resumed: bool) -> SyncStart:
     source = open_client(spec.source.resolve())
     # the token of a freshly opened stream stands for the majority-committed present: every write
     # after it comes through the stream, every write before it is visible to the copy
-    with source.watch([{"$match": {"operationType": "none"}}], show_expanded_events=True) as stream:
+    with source.watch([{"$match": {"operationType": "none"}}],
+                      show_expanded_events=expanded_events(source)) as stream:
         token = stream.resume_token
     states.replace_one({"_id": spec.digest()}, {
         "start_token": token, "start_time": token_time(token),
         "created": datetime.now(timezone.utc),
     }, upsert=True)
     return SyncStart(cluster_time=_ts_text(token_time(token)), kept=False)
+
+
+def expanded_events(client) -> bool | None:
+    """showExpandedEvents for a watch on this server: True from 6.0; None (not sent) before, where
+    the option does not exist and DDL comes from the oplog (tasks/sync/sources.py)."""
+    return True if stream_has_ddl(client.server_info()["version"]) else None
 
 
 def abandon_run(spec: MigrationSpec, reason: str) -> None:
@@ -489,6 +504,15 @@ def recopy_collection(spec: MigrationSpec, source: Target, target: Target) -> in
     return copied
 
 
+def server_batch_read(stream) -> bool:
+    """Has every event of the server's last reply been read? (pymongo holds a reply's events in the
+    stream's cursor.) Without that attribute every event counts as the last: correct, slower."""
+    try:
+        return not stream._cursor._has_next()
+    except AttributeError:
+        return True
+
+
 class ChangeSync:
     """Keeps the destination in step with the source until `stop()`.
 
@@ -531,6 +555,8 @@ class ChangeSync:
         self._clock_checked = -1e18
         self._pool: ThreadPoolExecutor | None = None
         self._conflict_lock = threading.RLock()
+        self._oplog_ddl: OplogDDL | None = None  # before 6.0 (tasks/sync/sources.py)
+        self._capped_targets: dict[Target, bool] = {}
 
     # -- clocks and delay ---------------------------------------------------------------------------
     def source_now(self) -> float:
@@ -538,7 +564,7 @@ class ChangeSync:
         if time.monotonic() - self._clock_checked > self.CLOCK_CHECK_S:
             try:
                 before = time.time()
-                local_time = open_client(self.spec.source.resolve()).admin.command("hello")["localTime"]
+                local_time = server_hello(open_client(self.spec.source.resolve()))["localTime"]
                 after = time.time()
                 self._clock_offset = wall_seconds(local_time) - (before + after) / 2
             except PyMongoError:
@@ -600,6 +626,12 @@ class ChangeSync:
         reader: threading.Thread | None = None
         try:
             start = self._resume_point()
+            source = open_client(self.spec.source.resolve())
+            version = source.server_info()["version"]
+            if not stream_has_ddl(version):
+                self._oplog_ddl = OplogDDL(source, token_time(start), version)
+                self.log.info("sync: MongoDB %s streams no create, index or collMod events; they are "
+                              "read from the source's oplog", version)
             self._pool = ThreadPoolExecutor(self.opts.apply_workers, thread_name_prefix="sync-apply")
             reader = threading.Thread(target=self._read_changes, args=(start, out), daemon=True,
                                       name="sync-reader")
@@ -639,11 +671,31 @@ class ChangeSync:
     def _open_stream(self, token: Any):
         client = open_client(self.spec.source.resolve(), raw=True)
         return client.watch(self.pipeline, full_document="updateLookup", start_after=token,
-                            show_expanded_events=True, max_await_time_ms=self.READ_AWAIT_MS)
+                            show_expanded_events=None if self._oplog_ddl is not None else True,
+                            max_await_time_ms=self.READ_AWAIT_MS)
+
+    def _events_with_oplog_ddl(self, held: list, bound: Timestamp, token: Any) -> list:
+        """Before 6.0: the stream's events `held` since the last call, with the oplog's DDL up to
+        `bound` (a time the stream has reached) merged in by cluster time. A DDL event carries the
+        position of the stream event before it, so a checkpoint never skips it: a restart reads the
+        oplog again from there and applies it again (DDL replays are harmless)."""
+        ddl = self._oplog_ddl.until(bound)
+        if not ddl:
+            return held
+        merged, i = [], 0
+        for event in held:
+            while i < len(ddl) and ddl[i]["clusterTime"] <= event["clusterTime"]:
+                merged.append({**ddl[i], "_id": token})
+                i += 1
+            merged.append(event)
+            token = event["_id"]
+        merged += [{**e, "_id": token} for e in ddl[i:]]
+        return merged
 
     def _read_changes(self, token: Any, out: queue.Queue) -> None:
         stream = None
         failing_since: float | None = None
+        held: list = []  # before 6.0: events of the current server batch, not yet merged with DDL
         try:
             while not self._stop.is_set():
                 try:
@@ -657,13 +709,27 @@ class ChangeSync:
                     if not exc.has_error_label("ResumableChangeStreamError"):
                         raise
                     failing_since = self._wait_to_reconnect(stream, failing_since, exc)
-                    stream = None
+                    stream, held = None, self._rewind(held)
                     continue
                 except ConnectionFailure as exc:
                     failing_since = self._wait_to_reconnect(stream, failing_since, exc)
-                    stream = None
+                    stream, held = None, self._rewind(held)
                     continue
-                if event is None:
+                if self._oplog_ddl is not None:
+                    # a server batch's events are held until it is read to its end, then merged with
+                    # the oplog's DDL up to where the stream has reached (its postBatchResumeToken)
+                    if event is not None:
+                        held.append(event)
+                    if event is None or len(held) >= self.opts.batch_events or server_batch_read(stream):
+                        reached = stream.resume_token or (held[-1]["_id"] if held else token)
+                        for item in self._events_with_oplog_ddl(held, token_time(reached), token):
+                            self._put(out, item)
+                        token = held[-1]["_id"] if held else token
+                        held = []
+                        if event is None:
+                            token = reached
+                            self._put(out, _Idle(token, self.source_now()))
+                elif event is None:
                     token = stream.resume_token or token
                     self._put(out, _Idle(token, self.source_now()))
                 else:
@@ -677,6 +743,13 @@ class ChangeSync:
                     stream.close()
                 except PyMongoError:
                     pass
+
+    def _rewind(self, held: list) -> list:
+        """The stream reopens after its last passed-on event: held events come again, and so does
+        the oplog's DDL after that point."""
+        if held and self._oplog_ddl is not None:
+            self._oplog_ddl.read_to = min(self._oplog_ddl.read_to, held[0]["clusterTime"])
+        return []
 
     def _wait_to_reconnect(self, stream, failing_since: float | None, exc: Exception) -> float:
         now = time.monotonic()
@@ -782,7 +855,29 @@ class ChangeSync:
         return open_client(self.spec.source.resolve())[source[0]].get_collection(
             source[1], codec_options=RAW)
 
+    def _capped(self, target: Target) -> bool:
+        """Is the target a capped collection? (Asked once per target and run: DDL that makes or
+        drops one forgets the answer.)"""
+        if target not in self._capped_targets:
+            infos = list(open_client(self.spec.destination.resolve())[target[0]].list_collections(
+                filter={"name": target[1]}))
+            self._capped_targets[target] = bool(infos and infos[0].get("options", {}).get("capped"))
+        return self._capped_targets[target]
+
     def _apply_writes(self, writes: list[DocWrite]) -> None:
+        # a capped collection keeps the last documents in the order they were written: its writes go
+        # in stream order, in one ordered bulk, or the destination would keep another set than the
+        # source (bulk_write(ordered=False) and the partitions reorder)
+        capped: dict[Target, list[DocWrite]] = defaultdict(list)
+        for w in writes:
+            if self._capped(w.target):
+                capped[w.target].append(w)
+        if capped:
+            writes = [w for w in writes if w.target not in capped]
+            for target, group in capped.items():
+                self._write_group(target, group, ordered=True)
+        if not writes:
+            return
         parts = partition_writes(writes, self.opts.apply_workers)
         groups = [(target, group) for part in parts for target, group in part.items()]
         if len(groups) == 1:
@@ -798,10 +893,10 @@ class ChangeSync:
         if errors:
             raise errors[0]
 
-    def _write_group(self, target: Target, group: list[DocWrite]) -> None:
+    def _write_group(self, target: Target, group: list[DocWrite], ordered: bool = False) -> None:
         try:
             self._target_collection(target).bulk_write(
-                [w.operation() for w in group], ordered=False, bypass_document_validation=True)
+                [w.operation() for w in group], ordered=ordered, bypass_document_validation=True)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             refused = [e for e in errors if e.get("code") != DUPLICATE_KEY]
@@ -895,6 +990,7 @@ class ChangeSync:
 
     def _apply_action(self, action: Action) -> None:
         self.log.info("sync: %s", action.describe())
+        self._capped_targets.clear()  # a create, drop, rename or collMod may change the answer
         dest = open_client(self.spec.destination.resolve())
         try:
             if isinstance(action, CreateCollection):

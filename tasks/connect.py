@@ -77,7 +77,24 @@ def check_connectivity(endpoint: EndpointSpec, role: str) -> EndpointInfo:
         return describe_endpoint(conn, role)
     except (PyMongoError, SpecError, ValueError) as exc:
         cause, problem = describe_connection_error(exc, where)
-        return EndpointInfo(role=role, display=where, reachable=False, cause=cause, problem=problem)
+        info = EndpointInfo(role=role, display=where, reachable=False, cause=cause, problem=problem)
+        if cause == "version":
+            # the driver will not talk to it, but its handshake said what it is
+            info.topology, info.replica_set = topology_from_handshake(open_client(conn))
+        return info
+
+
+def topology_from_handshake(client) -> tuple[str | None, str | None]:
+    """(topology, replica set) from the servers' handshake replies the client kept."""
+    for server in client.topology_description.server_descriptions().values():
+        kind = server.server_type_name
+        if kind == "Standalone":
+            return "standalone", None
+        if kind.startswith("RS"):
+            return "replica_set", server.replica_set_name
+        if kind == "Mongos":
+            return "sharded", None
+    return None, None
 
 
 def deployment_identity(client, hello: dict, topology: str) -> tuple[str | None, str | None]:

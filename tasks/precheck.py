@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from datetime import datetime, timedelta
-from typing import Callable, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 from urllib.parse import urlsplit
 
 import bson
@@ -29,7 +29,7 @@ from bson.codec_options import CodecOptions
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import OperationFailure, PyMongoError
 
-from blocks.mongo import MongoConnection, open_client
+from blocks.mongo import MongoConnection, open_client, server_hello
 from blocks.spec import (
     META_DATABASE,
     MAX_NAMESPACE_BYTES,
@@ -42,6 +42,7 @@ from tasks.common import (COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND, UN
                           to_ejson)
 from tasks.connect import EndpointInfo, describe_connection_error
 from tasks.namespaces import CollectionPlan, MigrationPlan, NamespaceMapper, plan_namespaces
+from tasks.sync.sources import stream_has_ddl
 
 log = logging.getLogger("mongo_migrate.precheck")
 
@@ -73,6 +74,17 @@ OPLOG_WARN_RATIO = 3.0
 SAMPLE_BYTES = 32 * MiB  # how much of the source is read to measure the copy rate
 SAMPLE_SECONDS = 3.0
 INTERNAL_DATABASES = ("admin", "local", "config")
+
+
+# the oldest sources: the driver (pymongo 4.10, pinned for this) speaks to 3.6; the sync resumes its
+# change stream with startAfter, which 4.2 brought
+OLDEST_SOURCE = (3, 6)
+OLDEST_INCREMENTAL_SOURCE = (4, 2)
+TESTED_SOURCES = ("4.2", "4.4", "5.0", "6.0")  # real servers in the test suite (README: versions)
+OLD_SOURCE_REMEDY = ("upgrade the source in place to MongoDB 3.6 or later (4.2 or later for "
+                     "incremental migration), or make a one-off full copy with mongodump and "
+                     "mongorestore while the applications are stopped")
+
 
 
 class CheckResult(BaseModel):
@@ -225,7 +237,7 @@ _CONNECT_REMEDY = {
     "auth": "fix username/password/auth_source (the user must exist in that auth database)",
     "tls": "match the server's TLS mode: set tls, tls_ca_file, tls_certificate_key_file",
     "block": "save the MongoEndpoint block under that name, or use uri",
-    "version": "upgrade that deployment to MongoDB 4.4 or later (the oldest this driver talks to)",
+    "version": OLD_SOURCE_REMEDY,
     "other": "see the detail",
 }
 
@@ -353,14 +365,39 @@ def check_distinct_deployments(spec: MigrationSpec, plan: MigrationPlan, source:
 
 # -- 3: source version and topology ------------------------------------------------------------
 
+def what_the_run_does(version: str, topology: str, incremental: bool) -> str:
+    """The version row's promise: what this source version gets from this run."""
+    v = _version_tuple(version)
+    if not incremental:
+        return "full migration"
+    if topology == "standalone":
+        return "full migration (a standalone has no change stream: see incremental prerequisites)"
+    if v >= (6, 0):
+        return ("full + incremental migration; the change stream carries every change, DDL included "
+                "(expanded events)")
+    return ("full + incremental migration; the change stream carries document changes, drop, rename and "
+            "dropDatabase; create, index and collMod changes are read from the source's oplog "
+            f"(MongoDB {v[0]}.{v[1]} streams none)")
+
+
 def classify_source_version(version: str, topology: str, direct_member: bool = False,
-                            secondary: bool = False) -> CheckResult:
+                            secondary: bool = False, incremental: bool = False) -> CheckResult:
     name = SOURCE_VERSION
     v = _version_tuple(version)
-    if v < (4, 4):
-        return failed(name, f"MongoDB {version} is older than 4.4, the oldest this driver supports",
-                      "upgrade the source to 4.4 or later, or migrate in two steps with mongodump")
+    if v < OLDEST_SOURCE:
+        return failed(name, f"MongoDB {version} is older than 3.6, the oldest this migration's driver "
+                      "speaks to", OLD_SOURCE_REMEDY)
     kind = {"standalone": "standalone", "replica_set": "replica set", "sharded": "sharded cluster"}[topology]
+    if incremental and v < OLDEST_INCREMENTAL_SOURCE:
+        return failed(name, f"MongoDB {version}, {kind}: incremental migration needs 4.2 or later (its "
+                      "change stream resumes with startAfter); a full migration works",
+                      "upgrade the source in place to 4.2 or later, or use migration_types: [full] "
+                      "while the applications' writes are stopped")
+    does = what_the_run_does(version, topology, incremental)
+    if f"{v[0]}.{v[1]}" not in TESTED_SOURCES and v < (6, 0):
+        return warning(name, f"MongoDB {version}, {kind}: {does}; untested on {v[0]}.{v[1]} (the test "
+                       f"suite runs {', '.join(TESTED_SOURCES)})",
+                       "try the precheck and a full migration of a copy first; report what differs")
     if secondary:
         return warning(name, f"MongoDB {version}, {kind}: connected directly to a secondary",
                        "point the source URI at the replica set (replicaSet=NAME) so reads follow "
@@ -370,19 +407,20 @@ def classify_source_version(version: str, topology: str, direct_member: bool = F
                        "(directConnection), so a failover stops the migration",
                        "list the members and add replicaSet=NAME to the source URI instead of "
                        "directConnection=true")
-    return passed(name, f"MongoDB {version}, {kind}")
+    return passed(name, f"MongoDB {version}, {kind}: {does}")
 
 
 @check_item(SOURCE_VERSION)
 def check_source_version(spec: MigrationSpec, source: EndpointInfo) -> CheckResult:
     """Item 3: a version the driver supports; a topology the migration can follow."""
     client = open_client(spec.source.resolve())
-    hello = client.admin.command("hello")
+    hello = server_hello(client)
     direct = (source.topology == "replica_set"
               and client.topology_description.topology_type_name == "Single")
     return classify_source_version(source.version or "0", source.topology or "standalone",
                                    direct_member=direct,
-                                   secondary=bool(hello.get("secondary")) and direct)
+                                   secondary=bool(hello.get("secondary")) and direct,
+                                   incremental=spec.incremental)
 
 
 # -- source inventory: sizes and index specs, read once for items 4, 8, 9, 12 -------------------
@@ -778,19 +816,27 @@ def check_incremental_prerequisites(spec: MigrationSpec, source: EndpointInfo,
         return failed(name, "the source is a standalone mongod: incremental migration reads its change "
                       "stream, which only replica sets and sharded clusters have",
                       standalone_remedy(spec.source.resolve()))
+    if _version_tuple(source.version) < OLDEST_INCREMENTAL_SOURCE:
+        return failed(name, f"MongoDB {source.version}: the sync needs 4.2 or later",
+                      "see source version and topology")
     # the change stream opens as the sync opens it (tasks/changes.py: deployment-wide, expanded
-    # events, which need 6.0): privileges, majority read concern and version in one read
+    # events from 6.0): privileges, majority read concern and version in one read
     client = open_client(spec.source.resolve())
+    expanded = stream_has_ddl(source.version)
     try:
-        with client.watch([{"$match": {"operationType": "none"}}], show_expanded_events=True,
-                          max_await_time_ms=100) as stream:
+        with client.watch([{"$match": {"operationType": "none"}}],
+                          show_expanded_events=True if expanded else None, max_await_time_ms=100) as stream:
             stream.try_next()
+        if not expanded:
+            # DDL comes from the oplog before 6.0 (tasks/sync/sources.py): read it as the sync does
+            client.local["oplog.rs"].find_one({"op": "c"}, {"ts": 1})
     except OperationFailure as exc:
         return failed(name, f"a change stream cannot be opened on the source: {_refusal(exc)}",
-                      "see source permissions (readAnyDatabase); the sync needs MongoDB 6.0 or later "
-                      "and majority read concern enabled")
+                      "see source permissions (readAnyDatabase, and read on local before 6.0); majority "
+                      "read concern must be enabled")
     kind = "sharded cluster" if source.topology == "sharded" else f"replica set {source.replica_set}"
-    return passed(name, f"{kind}: change streams can be opened")
+    how = "" if expanded else "; DDL from the oplog"
+    return passed(name, f"{kind}: change streams can be opened{how}")
 
 
 # -- 8: oplog window ---------------------------------------------------------------------------
@@ -1086,15 +1132,29 @@ def check_targets_empty(spec: MigrationSpec, plan: MigrationPlan) -> CheckResult
 
 # -- 12: data compatibility scan ---------------------------------------------------------------
 
-def large_documents(spec: MigrationSpec, plan: CollectionPlan, limit: int = LARGE_DOCUMENT_BYTES) -> tuple[int, int]:
-    """(how many documents are over `limit` bytes, the largest size) — computed by the server."""
+def large_documents(spec: MigrationSpec, plan: CollectionPlan, limit: int = LARGE_DOCUMENT_BYTES,
+                    source_version: str = "6.0") -> tuple[int, int]:
+    """(how many documents are over `limit` bytes, the largest size) — computed by the server, or
+    before 4.4 (no $bsonSize) from the length each raw document starts with."""
     coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
+    if _version_tuple(source_version) < (4, 4):
+        sizes = [size for batch in coll.find_raw_batches({}) for size in _document_sizes(batch)]
+        over = [size for size in sizes if size > limit]
+        return len(over), max(over, default=0)
     out = list(coll.aggregate([
         {"$project": {"_id": 0, "size": {"$bsonSize": "$$ROOT"}}},
         {"$match": {"size": {"$gt": limit}}},
         {"$group": {"_id": None, "n": {"$sum": 1}, "max": {"$max": "$size"}}},
     ]))
     return (out[0]["n"], out[0]["max"]) if out else (0, 0)
+
+
+def _document_sizes(stream: bytes) -> Iterator[int]:
+    pos = 0
+    while pos < len(stream):
+        size = int.from_bytes(stream[pos:pos + 4], "little")
+        yield size
+        pos += size
 
 
 # field names are what is looked at: a string value that is not valid UTF-8 must not stop the scan
@@ -1188,7 +1248,8 @@ def views_without_source(spec: MigrationSpec, plan: MigrationPlan) -> list[str]:
 
 @check_item(DATA_COMPATIBILITY)
 def check_data_compatibility(spec: MigrationSpec, plan: MigrationPlan, destination: EndpointInfo,
-                             inventory: SourceInventory) -> list[CheckResult]:
+                             inventory: SourceInventory,
+                             source: Optional[EndpointInfo] = None) -> list[CheckResult]:
     """Item 12: a scan of the source data for what would break on arrival or during the sync."""
     if inventory.error:
         return [_inventory_unreadable(DATA_COMPATIBILITY, inventory)]
@@ -1198,7 +1259,7 @@ def check_data_compatibility(spec: MigrationSpec, plan: MigrationPlan, destinati
 
     large = []
     for c in collections:
-        n, biggest = large_documents(spec, c.plan)
+        n, biggest = large_documents(spec, c.plan, source_version=source.version if source else "6.0")
         if n:
             large.append(f"{c.plan.source_ns}: {n} (largest {biggest / MiB:.1f} MiB)")
     if large:
@@ -1246,7 +1307,7 @@ def check_data_compatibility(spec: MigrationSpec, plan: MigrationPlan, destinati
                             "select the collections they read, or drop the views: on the destination "
                             "they return nothing"))
 
-    now = open_client(spec.source.resolve()).admin.command("hello")["localTime"].replace(tzinfo=None)
+    now = server_hello(open_client(spec.source.resolve()))["localTime"].replace(tzinfo=None)
     expiring = []
     for c in inventory.collections:
         if c.plan.kind != "collection":
@@ -1341,7 +1402,7 @@ def run_prechecks(spec: MigrationSpec, source: EndpointInfo, destination: Endpoi
         if destination.reachable:
             futures["4"] = check_destination_compatibility_task.submit(source, destination, inventory)
             futures["9"] = check_destination_storage_task.submit(spec, plan, inventory)
-            futures["12"] = check_data_compatibility_task.submit(spec, plan, destination, inventory)
+            futures["12"] = check_data_compatibility_task.submit(spec, plan, destination, inventory, source)
 
     items = [check_endpoint(source), check_endpoint(destination)]
     for key in ("2b", "3", "4", "5", "6", "7", "8", "9", "10", "11a", "11b", "12", "n"):
@@ -1351,6 +1412,11 @@ def run_prechecks(spec: MigrationSpec, source: EndpointInfo, destination: Endpoi
         items.append(failed(OBJECTS, f"the source's databases and collections could not be listed: "
                             f"{plan_error or 'unknown error'}",
                             "grant the source account read on the selected databases"))
+    if source.cause == "version" and source.topology == "standalone" and spec.incremental:
+        # too old for the driver to read more, yet the standalone advice holds after the upgrade too
+        items.append(failed(INCREMENTAL, "the source is a standalone mongod: incremental migration "
+                            "reads its change stream, which only replica sets have",
+                            standalone_remedy(spec.source.resolve())))
     if not both:
         down = " and ".join(i.role for i in (source, destination) if not i.reachable)
         items.append(failed("other items", f"not checked: the {down} cannot be reached",

@@ -33,6 +33,8 @@ class SourceLoad:
 
     def __init__(self, client: MongoClient, db: str = "shop", seed_docs: int = 1000, pace_s: float = 0.002):
         self.client, self.db = client, client[db]
+        # $setField (a field name with a dot, written by an update) is 5.0+
+        self.set_field = tuple(client.server_info()["versionArray"][:2]) >= (5, 0)
         self.next_id = seed_docs
         self.pace_s = pace_s
         self.rounds = 0
@@ -78,8 +80,9 @@ class SourceLoad:
                            {"$unset": "total"}])
         # new fields in an order $set would not keep, and a field whose name has a dot
         orders.update_one({"_id": r.randrange(self.next_id)}, [{"$set": {"zeta": 1}}, {"$set": {"alpha": 2}}])
-        orders.update_one({"_id": r.randrange(self.next_id)}, [{"$replaceWith": {"$setField": {
-            "field": "price.eur", "input": "$$ROOT", "value": r.randrange(100)}}}])
+        if self.set_field:
+            orders.update_one({"_id": r.randrange(self.next_id)}, [{"$replaceWith": {"$setField": {
+                "field": "price.eur", "input": "$$ROOT", "value": r.randrange(100)}}}])
         orders.replace_one({"_id": r.randrange(self.next_id)}, {"replaced": True, "at": self.rounds})
         orders.delete_one({"_id": r.randrange(self.next_id)})
         # swap two unique keys (a transient duplicate if applied out of order)

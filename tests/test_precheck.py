@@ -141,11 +141,11 @@ def test_connectivity_passes_with_version_and_topology(auth_server):
 def test_source_version_and_topology(source_server, standalone):
     rs = parse_spec({"source": {"uri": source_server.uri()}, "destination": {"uri": source_server.uri()}})
     row = pc.check_source_version(rs, check_connectivity(rs.source, "source"))
-    assert (row.status, row.detail) == ("passed", "MongoDB 6.0.5, replica set")
+    assert (row.status, row.detail) == ("passed", "MongoDB 6.0.5, replica set: full migration")
 
     alone = parse_spec({"source": {"uri": standalone.uri()}, "destination": {"uri": source_server.uri()}})
     row = pc.check_source_version(alone, check_connectivity(alone.source, "source"))
-    assert (row.status, row.detail) == ("passed", "MongoDB 6.0.5, standalone")
+    assert (row.status, row.detail) == ("passed", "MongoDB 6.0.5, standalone: full migration")
 
     # one member reached directly: a failover would stop the migration
     direct = parse_spec({"source": {"uri": f"mongodb://{source_server.host}/?directConnection=true"},
@@ -153,9 +153,23 @@ def test_source_version_and_topology(source_server, standalone):
     row = pc.check_source_version(direct, check_connectivity(direct.source, "source"))
     assert row.status == "warning" and "directConnection" in row.detail and "replicaSet" in row.remedy
 
-    # only MongoDB 6.0.5 is at hand: the version rule itself is checked on version strings
-    assert pc.classify_source_version("4.2.24", "replica_set").status == "failed"
+    # the version rule on version strings (real 4.2-5.0 servers: tests/test_versions.py)
     assert pc.classify_source_version("4.4.0", "sharded").status == "passed"
+    old = pc.classify_source_version("3.4.24", "replica_set")
+    assert old.status == "failed" and "older than 3.6" in old.detail
+    assert "3.6 or later" in old.remedy and "mongodump and mongorestore" in old.remedy
+    untested = pc.classify_source_version("4.0.28", "replica_set")
+    assert untested.status == "warning" and "untested on 4.0" in untested.detail
+    no_sync = pc.classify_source_version("4.0.28", "replica_set", incremental=True)
+    assert no_sync.status == "failed" and "incremental migration needs 4.2" in no_sync.detail
+    assert "migration_types: [full]" in no_sync.remedy
+    row = pc.classify_source_version("4.2.6", "replica_set", incremental=True)
+    assert row.status == "passed" and "read from the source's oplog (MongoDB 4.2 streams none)" in row.detail
+    row = pc.classify_source_version("6.0.5", "replica_set", incremental=True)
+    assert row.detail.endswith("every change, DDL included (expanded events)")
+    row = pc.classify_source_version("4.2.6", "standalone", incremental=True)
+    assert row.detail == "MongoDB 4.2.6, standalone: full migration (a standalone has no change stream: " \
+                         "see incremental prerequisites)"
 
 
 # -- 4 destination compatibility --------------------------------------------------------------
