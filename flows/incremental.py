@@ -1,6 +1,6 @@
 """The `incremental-sync` subflow: keep the destination in step, wait for approval, cut over.
 
-The sync (tasks/changes.py `ChangeSync`) runs in a background thread for the whole subflow, because
+The sync (tasks/sync/engine.py `ChangeSync`) runs in a background thread for the whole subflow, because
 the approval pause blocks the flow's own thread: while the run waits for a person, changes keep flowing
 and the delay stays current (logged every few seconds and kept in the markdown artifact "sync-delay",
 updated in place).
@@ -37,15 +37,6 @@ from pydantic import BaseModel, Field
 from pymongo import ReturnDocument
 
 from blocks.spec import MigrationSpec
-from tasks.changes import (
-    ChangeSync,
-    OplogWindowExceeded,
-    abandon_run,
-    format_delay,
-    recopy_collection,
-    source_cluster_time,
-    sync_state_collection,
-)
 from tasks.cutover import (
     CollectionCheck,
     block_source_writes_task,
@@ -57,6 +48,15 @@ from tasks.cutover import (
 )
 from tasks.namespaces import MigrationPlan, plan_namespaces_task
 from tasks.schema import convert_to_unique_task
+from tasks.sync.ddl import recopy_collection
+from tasks.sync.engine import ChangeSync
+from tasks.sync.events import format_delay
+from tasks.sync.position import (
+    OplogWindowExceeded,
+    abandon_run,
+    source_cluster_time,
+    sync_state_collection,
+)
 
 SYNC_FLOW_NAME = "incremental-sync"
 APPROVAL_KEY = "cutover-approval"

@@ -19,7 +19,7 @@ from tasks.notify import flow_run_url, notify_finished, notify_migration_failed,
 from tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks
 from tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
 from tasks.state import finish_run_task, start_run_task
-from tasks.changes import save_start_point_task
+from tasks.sync.position import save_start_point_task
 from tasks.cutover import record_deferred_unique_task
 from flows.incremental import SyncReport, incremental_sync
 from flows.verify import VerificationReport, verify_plan

@@ -14,10 +14,10 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
-from tasks.changes import sync_state_collection
 from tasks.common import RAW, UNAUTHORIZED, step, to_ejson
 from tasks.namespaces import CollectionPlan
 from tasks.schema import IndexResult
+from tasks.sync.position import sync_state_collection
 
 log = logging.getLogger("mongo_migrate.cutover")
 

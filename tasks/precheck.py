@@ -671,7 +671,7 @@ def _missing(privs: Privileges, needs: list[Need]) -> dict[str, list[str]]:
     return out
 
 
-# the incremental sync follows one change stream over the whole deployment (tasks/changes.py), which
+# the incremental sync follows one change stream over the whole deployment (tasks/sync/), which
 # needs changeStream and find on {db: "", collection: ""}; the database "" stands for that here
 EVERY_DATABASE = ""
 
@@ -819,7 +819,7 @@ def check_incremental_prerequisites(spec: MigrationSpec, source: EndpointInfo,
     if _version_tuple(source.version) < OLDEST_INCREMENTAL_SOURCE:
         return failed(name, f"MongoDB {source.version}: the sync needs 4.2 or later",
                       "see source version and topology")
-    # the change stream opens as the sync opens it (tasks/changes.py: deployment-wide, expanded
+    # the change stream opens as the sync opens it (tasks/sync/engine.py: deployment-wide, expanded
     # events from 6.0): privileges, majority read concern and version in one read
     client = open_client(spec.source.resolve())
     expanded = stream_has_ddl(source.version)

@@ -13,9 +13,13 @@ from bson.timestamp import Timestamp
 from pymongo import DeleteOne, ReplaceOne
 
 from blocks.spec import META_DATABASE, parse_spec
-from tasks.changes import (
+from tasks.common import RAW
+from tasks.namespaces import plan_namespaces
+from tasks.precheck import resumable_run
+from tasks.state import start_run
+from tasks.sync.engine import ChangeSync
+from tasks.sync.events import (
     Batch,
-    ChangeSync,
     CreateCollection,
     CreateIndexes,
     DocWrite,
@@ -23,25 +27,23 @@ from tasks.changes import (
     DropDatabase,
     DropIndexes,
     ModifyCollection,
-    OplogWindowExceeded,
     RecopyCollection,
     RenameCollection,
-    abandon_run,
     change_stream_pipeline,
     format_delay,
     partition_writes,
     plan_change,
+    token_time,
+    transaction_of,
+)
+from tasks.sync.position import (
+    OplogWindowExceeded,
+    abandon_run,
     read_sync_state,
     save_start_point,
     source_cluster_time,
     sync_state_collection,
-    token_time,
-    transaction_of,
 )
-from tasks.common import RAW
-from tasks.namespaces import plan_namespaces
-from tasks.precheck import resumable_run
-from tasks.state import start_run
 from tasks.namespaces import NamespaceMapper
 from tests.conftest import assert_same_documents, index_specs, user_collections
 
@@ -390,7 +392,7 @@ def test_a_time_series_collection_is_copied_again_whole(src_client, dst_client, 
     """Time-series collections have no change events: the cutover copies them again (buckets)."""
     from datetime import datetime, timedelta
 
-    from tasks.changes import recopy_collection
+    from tasks.sync.ddl import recopy_collection
 
     spec = sync_spec(spec_for, objects=[{"database": "shop"}], name_mapping={"shop": "shop_v2"})
     src_client.shop.create_collection("metrics", timeseries={"timeField": "t", "metaField": "m",

@@ -312,7 +312,7 @@ def oplog_spans_seconds(client, seconds: float = 2.0) -> None:
 
 
 def test_oplog_window_exceeded_fails_saying_to_run_the_full_migration_again(dest, dst_client, tmp_path):
-    from tasks.changes import read_sync_state
+    from tasks.sync.position import read_sync_state
 
     tiny = Mongod(tmp_path / "tiny-oplog", replset="tiny", oplog_size_mb=1,
                   extra_args=["--syncdelay", "1"]).start()  # a checkpoint a second lets the oplog shrink

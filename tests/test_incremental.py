@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.incremental import approve_cutover, waiting_for_approval
 from flows.migrate import migrate
-from tasks.changes import read_sync_state
+from tasks.sync.position import read_sync_state
 from tests.conftest import ROOT, assert_same_documents, index_specs, user_collections
 from tests.load import SourceLoad, seed
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from bson.timestamp import Timestamp
 
 from blocks.spec import parse_spec
-from tasks.changes import CreateCollection, CreateIndexes, DropIndexes, ModifyCollection, plan_change
+from tasks.sync.events import CreateCollection, CreateIndexes, DropIndexes, ModifyCollection, plan_change
 from tasks.namespaces import NamespaceMapper
 from tasks.sync.sources import ddl_events_of, stream_has_ddl
 

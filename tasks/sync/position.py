@@ -1,0 +1,95 @@
+"""Where the sync starts and where it is: the start point and the saved position of a spec's sync,
+one document per spec digest in META_DATABASE.sync_state.
+
+`save_start_point` takes the change stream's position before the full copy reads anything; the sync
+(tasks/sync/engine.py) resumes from the saved `token`, or from `start_token` the first time. A position
+that has left the source's oplog cannot be resumed (`OplogWindowExceeded`): `abandon_run` marks the run
+over so that the spec starts afresh.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from bson.timestamp import Timestamp
+from pydantic import BaseModel
+
+from blocks.mongo import open_client
+from blocks.spec import META_DATABASE, MigrationSpec
+from tasks.common import step
+from tasks.precheck import RUNS
+from tasks.sync.events import token_time
+from tasks.sync.sources import stream_has_ddl
+
+SYNC_STATE = "sync_state"  # one document per spec digest in META_DATABASE
+
+
+class OplogWindowExceeded(RuntimeError):
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            "the sync position is no longer in the source's oplog (the oplog window was exceeded"
+            + (f": {detail}" if detail else "")
+            + "); run the full migration again (drop the target collections or set "
+            "copy_options.drop_existing_targets: true) and give the source a bigger oplog"
+        )
+
+
+class SyncStart(BaseModel):
+    cluster_time: str  # "seconds.increment"
+    kept: bool  # an earlier attempt's start point (and position) was kept
+
+
+def ts_text(ts: Timestamp | None) -> str:
+    return f"{ts.time}.{ts.inc}" if ts is not None else "-"
+
+
+def sync_state_collection(spec: MigrationSpec):
+    return open_client(spec.destination.resolve())[META_DATABASE][SYNC_STATE]
+
+
+def read_sync_state(spec: MigrationSpec) -> dict | None:
+    return sync_state_collection(spec).find_one({"_id": spec.digest()})
+
+
+def save_start_point(spec: MigrationSpec, resumed: bool) -> SyncStart:
+    """Take the change stream's position on the source now, before the full copy reads anything.
+
+    Everything written on the source after it is in the stream and applied after the copy. A resumed
+    run keeps its first start point (the copy it continues began after that one) and its position.
+    """
+    states = sync_state_collection(spec)
+    existing = states.find_one({"_id": spec.digest()})
+    if resumed and existing and existing.get("start_token"):
+        return SyncStart(cluster_time=ts_text(token_time(existing["start_token"])), kept=True)
+    source = open_client(spec.source.resolve())
+    # the token of a freshly opened stream stands for the majority-committed present: every write
+    # after it comes through the stream, every write before it is visible to the copy
+    with source.watch([{"$match": {"operationType": "none"}}],
+                      show_expanded_events=expanded_events(source)) as stream:
+        token = stream.resume_token
+    states.replace_one({"_id": spec.digest()}, {
+        "start_token": token, "start_time": token_time(token),
+        "created": datetime.now(timezone.utc),
+    }, upsert=True)
+    return SyncStart(cluster_time=ts_text(token_time(token)), kept=False)
+
+
+def expanded_events(client) -> bool | None:
+    """showExpandedEvents for a watch on this server: True from 6.0; None (not sent) before, where
+    the option does not exist and DDL comes from the oplog (tasks/sync/sources.py)."""
+    return True if stream_has_ddl(client.server_info()["version"]) else None
+
+
+def abandon_run(spec: MigrationSpec, reason: str) -> None:
+    """The run cannot continue (its sync position left the oplog): mark it over, so that running the
+    spec again starts a fresh full migration instead of resuming this one."""
+    meta = open_client(spec.destination.resolve())[META_DATABASE]
+    meta[RUNS].update_one({"_id": spec.digest()}, {"$set": {
+        "finished": True, "abandoned": reason, "updated": datetime.now(timezone.utc)}})
+    meta[SYNC_STATE].update_one({"_id": spec.digest()}, {"$set": {"status": "abandoned"}})
+
+
+def source_cluster_time(spec: MigrationSpec) -> Timestamp:
+    return open_client(spec.source.resolve()).admin.command("ping")["operationTime"]
+
+
+save_start_point_task = step(save_start_point)
