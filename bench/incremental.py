@@ -3,15 +3,24 @@ after a backlog, peak RSS of the syncing process.
 
     .venv/bin/python bench/incremental.py                      # 60 s per step, 60 s backlog
     .venv/bin/python bench/incremental.py --step-seconds 10 --backlog-seconds 10
+    .venv/bin/python bench/incremental.py --source-version 4.2.6 --source-version 6.0.5
 
 Two local mongods (source and destination replica sets, as in the tests) on this machine; the sync
-(tasks/changes.py `ChangeSync`, as the incremental-sync flow runs it) in a process of its own, which
+(tasks/sync/engine.py `ChangeSync`, as the incremental-sync flow runs it) in a process of its own, which
 reports its delay every 0.25 s; the load generator in this process: threads doing single-document
 inserts (1 KB), updates ($set + $inc) and deletes at a fixed total rate, 40/40/20. Each step runs the
 load at one rate; the last step runs it unthrottled (the generator's own ceiling on this machine).
 A step "kept up" when the sync is caught up (delay 0) within 2 s of the load stopping.
 Then the sync is stopped, the load runs unthrottled for the backlog time, and the sync is started
 again from its checkpoint: catch-up rate = backlog changes / time to apply them.
+
+`--source-version` (repeatable) runs the whole measurement once per source version, each on a fresh
+source and destination (the destination is always 6.0.5), one block of figures per version, then each
+other version's delay p50/p99 per step and catch-up rate as a ratio to 6.0.5's of the same run. Before
+6.0 the sync reads create/index/collMod from the oplog and merges them into the change stream
+(tasks/sync/sources.py); the target is that path within 20% of 6.0's (delay ratio <= 1.2, catch-up
+ratio >= 0.8). Change events carry `wallTime` only from 6.0: before, the sync's delay is measured from
+the event's cluster time, whole seconds (so up to 1 s more, 0.5 s on average).
 """
 from __future__ import annotations
 
@@ -33,13 +42,26 @@ sys.path.insert(0, str(ROOT))
 from measure import rss_mb  # noqa: E402  (bench/ is the script's directory)
 
 DOC_PAD = "x" * 900
+REFERENCE_VERSION = "6.0.5"  # the destination's, and what other source versions are compared with
+TARGET = 0.20  # other versions within 20% of 6.0.5
+
+
+def sync_api():
+    """(ChangeSync, save_start_point): tasks/sync/ (engine.py, position.py), or tasks/changes.py that
+    they were split out of."""
+    try:
+        from tasks.sync.engine import ChangeSync
+        from tasks.sync.position import save_start_point
+    except ImportError:
+        from tasks.changes import ChangeSync, save_start_point
+    return ChangeSync, save_start_point
 
 
 # -- the sync, in its own process --------------------------------------------------------------------
 def sync_worker(spec_json: str) -> None:
     from blocks.spec import parse_spec
-    from tasks.changes import ChangeSync
 
+    ChangeSync, _ = sync_api()
     spec = parse_spec(json.loads(spec_json))
     sync = ChangeSync(spec)
     stop = threading.Event()
@@ -51,8 +73,13 @@ def sync_worker(spec_json: str) -> None:
         if sync.error is not None:
             print(json.dumps({"error": str(sync.error)}), flush=True)
             return
-        print(json.dumps({"t": time.time(), "delay": sync.delay_s, "events": sync.events_applied,
-                          "caught_up": sync.caught_up}), flush=True)
+        # ts_delay: the delay from the applied change's cluster time in whole seconds, as the sync
+        # must measure it before 6.0 (no wallTime in change events); the same measure on every version
+        position = sync.position_time
+        ts_delay = (0.0 if sync.caught_up else None if position is None
+                    else max(0.0, sync.source_now() - position.time))
+        print(json.dumps({"t": time.time(), "delay": sync.delay_s, "ts_delay": ts_delay,
+                          "events": sync.events_applied, "caught_up": sync.caught_up}), flush=True)
     sync.stop()
     worker.join(60)
     print(json.dumps({"stopped": True, "events": sync.events_applied}), flush=True)
@@ -159,26 +186,41 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rates", default="500,1000,2000,max",
-                    help="load steps in ops/s; 'max' runs the generator unthrottled")
-    ap.add_argument("--step-seconds", type=float, default=60.0)
-    ap.add_argument("--backlog-seconds", type=float, default=60.0)
-    ap.add_argument("--docs", type=int, default=50_000, help="documents on the source before the load")
-    ap.add_argument("--threads", type=int, default=4, help="load generator threads")
-    ap.add_argument("--workers", type=int, default=4, help="the sync's apply workers")
-    args = ap.parse_args()
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """value / reference; 1.0 when both are 0 (both caught up throughout), None when undefined."""
+    if value is None or reference is None or value != value or reference != reference:
+        return None
+    if reference == 0:
+        return 1.0 if value == 0 else float("inf")
+    return value / reference
 
+
+def fmt_ratio(r: float | None) -> str:
+    return "n/a" if r is None else ("inf" if r == float("inf") else f"{r:.2f}")
+
+
+def measure(args: argparse.Namespace, version: str, several: bool) -> dict:
+    """One source version's run (a fresh source and destination); prints its block and returns its
+    figures."""
     from pymongo import MongoClient
 
+    from blocks.mongo import server_hello
+    from blocks.spec import parse_spec
     from sandbox.mongod import Mongod
 
+    _, save_start_point = sync_api()
     work = Path(tempfile.mkdtemp(prefix="bench-incremental-"))
-    source = Mongod(work / "source", replset="src").start()
+    # 6.0.5 is the default mongod's (as before this option); others come from sandbox.servers
+    source = Mongod(work / "source", replset="src",
+                    version=None if version == REFERENCE_VERSION else version).start()
     dest = Mongod(work / "dest", replset="dst").start()
+    figures: dict = {"version": version, "steps": []}
     try:
         src = MongoClient(source.uri())
+        if several:
+            running = src.server_info()["version"]
+            primary = server_hello(src).get("isWritablePrimary")
+            print(f"== source MongoDB {running} ({'primary' if primary else 'NOT primary'}) ==", flush=True)
         src.bench.docs.insert_many(
             [{"_id": i, "n": i, "pad": DOC_PAD, "tags": ["a", "b"]} for i in range(args.docs)])
         # the destination starts as the full copy would leave it
@@ -188,30 +230,39 @@ def main() -> None:
         spec = {"source": {"uri": source.uri()}, "destination": {"uri": dest.uri()},
                 "migration_types": ["full", "incremental"], "objects": [{"database": "bench"}],
                 "incremental_options": {"apply_workers": args.workers}}
-        from blocks.spec import parse_spec
-        from tasks.changes import save_start_point
 
         save_start_point(parse_spec(spec), resumed=False)
         load = Load(src, args.docs, threads=args.threads)
         sync = SyncProcess(spec)
         sync.wait_caught_up(60)
-        print(f"source and destination: MongoDB 6.0.5 replica sets on this machine ({os.cpu_count()} CPUs); "
+        servers = (f"source and destination: MongoDB {REFERENCE_VERSION} replica sets" if not several else
+                   f"source: MongoDB {version} replica set, destination: MongoDB {REFERENCE_VERSION} replica set")
+        print(f"{servers} on this machine ({os.cpu_count()} CPUs); "
               f"{args.docs:,} documents of ~1 KB; load {args.threads} threads, 40% insert / 40% update / "
-              f"20% delete, single-document writes; sync {args.workers} apply workers\n")
+              f"20% delete, single-document writes; sync {args.workers} apply workers"
+              + ("; ts p50/p99: the delay from cluster time in whole seconds (how the sync measures it "
+                 "before 6.0, no wallTime), for every version alike" if several else "") + "\n")
         print(f"{'target ops/s':>12} {'achieved':>9} {'delay p50':>10} {'delay p99':>10} {'max':>7} "
-              f"{'drain':>7}  kept up")
+              f"{'drain':>7}  kept up" + (f"  {'ts p50':>10} {'ts p99':>10}" if several else ""))
         top_rate = 0.0
         for step in args.rates.split(","):
             rate = None if step.strip() == "max" else float(step)
             first = len(sync.samples)
             achieved = load.run(rate, args.step_seconds)
             delays = [s["delay"] for s in sync.samples[first:] if s.get("delay") is not None]
+            ts_delays = [s["ts_delay"] for s in sync.samples[first:] if s.get("ts_delay") is not None]
             drain = sync.wait_caught_up(max(30.0, args.step_seconds))
             kept_up = drain is not None and drain <= 2.0
             top_rate = max(top_rate, achieved)
-            print(f"{step:>12} {achieved:>9,.0f} {percentile(delays, 50):>9.2f}s {percentile(delays, 99):>9.2f}s "
+            p50, p99 = percentile(delays, 50), percentile(delays, 99)
+            figures["steps"].append({"step": step.strip(), "achieved": achieved, "p50": p50, "p99": p99,
+                                     "max": max(delays, default=float("nan")), "drain": drain,
+                                     "kept_up": kept_up, "ts_p50": percentile(ts_delays, 50),
+                                     "ts_p99": percentile(ts_delays, 99)})
+            print(f"{step:>12} {achieved:>9,.0f} {p50:>9.2f}s {p99:>9.2f}s "
                   f"{max(delays, default=float('nan')):>6.2f}s "
-                  f"{('%.1fs' % drain) if drain is not None else '>30s':>7}  {'yes' if kept_up else 'NO'}",
+                  f"{('%.1fs' % drain) if drain is not None else '>30s':>7}  {'yes' if kept_up else 'NO'}"
+                  + (f"  {percentile(ts_delays, 50):>9.2f}s {percentile(ts_delays, 99):>9.2f}s" if several else ""),
                   flush=True)
 
         # catch-up after a backlog: the sync is down while the load runs unthrottled
@@ -235,19 +286,92 @@ def main() -> None:
         print(f"\nbacklog: {backlog:,} writes in {args.backlog_seconds:.0f}s ({backlog_rate:,.0f} ops/s) "
               f"with the sync stopped: {applied:,} change events (a delete or update of a document "
               f"already deleted writes nothing)")
+        figures["catch_up"] = None
         if took is not None:
             rate = applied / apply_s
+            figures["catch_up"] = rate
             print(f"catch-up: {applied:,} changes applied in {apply_s:.1f}s from the sync's start "
                   f"({took:.1f}s with the process start): {rate:,.0f} changes/s = "
                   f"{rate / top_rate:.1f}x the generator's top rate of {top_rate:,.0f} ops/s")
         else:
             print("catch-up: not caught up within 600 s")
+        figures["peak_rss_mb"] = peak
         print(f"peak RSS of the sync process: {peak:.0f} MB")
         same = src.bench.docs.count_documents({}) == dst.bench.docs.count_documents({})
-        print(f"counts equal after the run: {same}")
+        figures["counts_equal"] = same
+        print(f"counts equal after the run: {same}", flush=True)
     finally:
         source.destroy()
         dest.destroy()
+    return figures
+
+
+def print_ratios(results: list[dict]) -> None:
+    """Each other version's figures over 6.0.5's of the same run, and whether they are within 20%."""
+    reference = next((r for r in results if r["version"] == REFERENCE_VERSION), None)
+    others = [r for r in results if r["version"] != REFERENCE_VERSION]
+    if not others:
+        return
+    print(f"\n== ratios to MongoDB {REFERENCE_VERSION} measured in this run "
+          f"(target: within {TARGET:.0%}: delay <= {1 + TARGET:.2f}, catch-up >= {1 - TARGET:.2f}) ==")
+    if reference is None:
+        print(f"none: {REFERENCE_VERSION} was not measured in this run (add --source-version {REFERENCE_VERSION})")
+        return
+    ref_steps = {s["step"]: s for s in reference["steps"]}
+    for other in others:
+        misses = []
+        print(f"\nsource {other['version']} / {REFERENCE_VERSION}:")
+        ts_misses = []
+        print(f"{'target ops/s':>12} {'achieved':>9} {'delay p50':>10} {'delay p99':>10} "
+              f"{'ts p50':>10} {'ts p99':>10}")
+        for s in other["steps"]:
+            ref = ref_steps.get(s["step"])
+            if ref is None:
+                continue
+            r50, r99 = ratio(s["p50"], ref["p50"]), ratio(s["p99"], ref["p99"])
+            t50, t99 = ratio(s["ts_p50"], ref["ts_p50"]), ratio(s["ts_p99"], ref["ts_p99"])
+            print(f"{s['step']:>12} {fmt_ratio(ratio(s['achieved'], ref['achieved'])):>9} "
+                  f"{fmt_ratio(r50):>10} {fmt_ratio(r99):>10} {fmt_ratio(t50):>10} {fmt_ratio(t99):>10}")
+            for name, r, t in (("p50", r50, t50), ("p99", r99, t99)):
+                if r is None or r > 1 + TARGET:
+                    misses.append(f"delay {name} at {s['step']} ({fmt_ratio(r)})")
+                if t is None or t > 1 + TARGET:
+                    ts_misses.append(f"ts delay {name} at {s['step']} ({fmt_ratio(t)})")
+        rc = ratio(other.get("catch_up"), reference.get("catch_up"))
+        print(f"catch-up changes/s: {fmt_ratio(rc)} "
+              f"({other.get('catch_up') or 0:,.0f} / {reference.get('catch_up') or 0:,.0f})")
+        if rc is None or rc < 1 - TARGET:
+            misses.append(f"catch-up ({fmt_ratio(rc)})")
+        print(f"peak RSS: {fmt_ratio(ratio(other['peak_rss_mb'], reference['peak_rss_mb']))}")
+        print(f"within {TARGET:.0%} of {REFERENCE_VERSION}: "
+              + ("yes" if not misses else "NO: " + ", ".join(misses)), flush=True)
+        catch_up_miss = [m for m in misses if m.startswith("catch-up")]
+        print(f"within {TARGET:.0%} with the delay measured alike (ts, cluster time seconds) and catch-up: "
+              + ("yes" if not ts_misses + catch_up_miss else "NO: " + ", ".join(ts_misses + catch_up_miss)),
+              flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", default="500,1000,2000,max",
+                    help="load steps in ops/s; 'max' runs the generator unthrottled")
+    ap.add_argument("--step-seconds", type=float, default=60.0)
+    ap.add_argument("--backlog-seconds", type=float, default=60.0)
+    ap.add_argument("--docs", type=int, default=50_000, help="documents on the source before the load")
+    ap.add_argument("--threads", type=int, default=4, help="load generator threads")
+    ap.add_argument("--workers", type=int, default=4, help="the sync's apply workers")
+    ap.add_argument("--source-version", action="append", dest="versions", metavar="VERSION",
+                    help=f"source MongoDB version (repeatable: one run each, then ratios to "
+                         f"{REFERENCE_VERSION}); default {REFERENCE_VERSION} only")
+    args = ap.parse_args()
+    versions = args.versions or [REFERENCE_VERSION]
+    several = versions != [REFERENCE_VERSION]
+    results = []
+    for i, version in enumerate(versions):
+        if i:
+            print()
+        results.append(measure(args, version, several))
+    print_ratios(results)
 
 
 if __name__ == "__main__":
