@@ -46,22 +46,12 @@ REFERENCE_VERSION = "6.0.5"  # the destination's, and what other source versions
 TARGET = 0.20  # other versions within 20% of 6.0.5
 
 
-def sync_api():
-    """(ChangeSync, save_start_point): tasks/sync/ (engine.py, position.py), or tasks/changes.py that
-    they were split out of."""
-    try:
-        from tasks.sync.engine import ChangeSync
-        from tasks.sync.position import save_start_point
-    except ImportError:
-        from tasks.changes import ChangeSync, save_start_point
-    return ChangeSync, save_start_point
-
-
 # -- the sync, in its own process --------------------------------------------------------------------
 def sync_worker(spec_json: str) -> None:
     from blocks.spec import parse_spec
 
-    ChangeSync, _ = sync_api()
+    from tasks.sync.engine import ChangeSync
+
     spec = parse_spec(json.loads(spec_json))
     sync = ChangeSync(spec)
     stop = threading.Event()
@@ -207,8 +197,8 @@ def measure(args: argparse.Namespace, version: str, several: bool) -> dict:
     from blocks.mongo import server_hello
     from blocks.spec import parse_spec
     from sandbox.mongod import Mongod
+    from tasks.sync.position import save_start_point
 
-    _, save_start_point = sync_api()
     work = Path(tempfile.mkdtemp(prefix="bench-incremental-"))
     # 6.0.5 is the default mongod's (as before this option); others come from sandbox.servers
     source = Mongod(work / "source", replset="src",
