@@ -31,7 +31,8 @@ class SourceLoad:
     dots in their names, replaces, deletes, a transaction, index and collection DDL (create, drop,
     rename inside the selection, into it and out of it)."""
 
-    def __init__(self, client: MongoClient, db: str = "shop", seed_docs: int = 1000, pace_s: float = 0.002):
+    def __init__(self, client: MongoClient, db: str = "shop", seed_docs: int = 1000, pace_s: float = 0.002,
+                 ddl_every: int = 1):
         self.client, self.db = client, client[db]
         # $setField (a field name with a dot, written by an update) is 5.0+
         self.set_field = tuple(client.server_info()["versionArray"][:2]) >= (5, 0)
@@ -45,6 +46,7 @@ class SourceLoad:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="source-load")
         self.rng = random.Random(7)
+        self.ddl_every = ddl_every  # DDL on one round in so many (each DDL round may add a collection)
 
     def start(self) -> "SourceLoad":
         self._thread.start()
@@ -95,9 +97,9 @@ class SourceLoad:
                 db.items.update_one({"_id": b}, {"$set": {"sku": ka}}, session=session)
                 db.items.update_one({"_id": a}, {"$set": {"sku": kb}, "$inc": {"price": 1}}, session=session)
             s.with_transaction(swap)
-        k = self.rounds
-        if not self.ddl.is_set():
+        if not self.ddl.is_set() or self.rounds % self.ddl_every:
             return
+        k = self.rounds // self.ddl_every
         if k % 10 == 3:
             orders.create_index([("customer.address.city", 1), ("n", -1)], name="city_n")
         if k % 10 == 8:
