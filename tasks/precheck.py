@@ -450,6 +450,9 @@ class SourceInventory(BaseModel):
         return sum(c.index_bytes for c in self.collections)
 
 
+COLLSTATS_NOT_FOUND_42 = 40280  # $collStats storageStats of a missing collection, before 4.4
+
+
 def read_source_inventory(spec: MigrationSpec, plan: MigrationPlan) -> SourceInventory:
     """Size, document count and index specs of every selected collection (views have none)."""
     client = open_client(spec.source.resolve())
@@ -461,7 +464,11 @@ def read_source_inventory(spec: MigrationSpec, plan: MigrationPlan) -> SourceInv
             try:
                 stats = list(coll.aggregate([{"$collStats": {"storageStats": {}}}]))  # one per shard
             except OperationFailure as exc:
-                if exc.code in (NAMESPACE_NOT_FOUND, COMMAND_NOT_SUPPORTED_ON_VIEW):
+                if exc.code in (NAMESPACE_NOT_FOUND, COMMAND_NOT_SUPPORTED_ON_VIEW) or (
+                        # 4.2 says so with code 40280 ("Unable to retrieve storageStats in $collStats
+                        # stage: Collection [db.c] not found."): a rerun's precheck on a 4.2 source
+                        # under DDL failed on a collection dropped after the listing
+                        exc.code == COLLSTATS_NOT_FOUND_42 and "not found" in str(exc)):
                     # dropped (or replaced by a view) since the plan listed it: a live source does
                     # that; there is nothing to size, and the sync replays the drop
                     continue
