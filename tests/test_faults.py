@@ -5,6 +5,13 @@ compared with the source byte for byte.
 during the copy and during the sync, (4) the source restarts during the sync, (5) the oplog window is
 exceeded while no sync runs, (6) the destination refuses a document, (7) Slack is unreachable and the
 Prefect API restarts mid-run. (2), the process killed during the sync, is in test_incremental.py.
+
+(1), and (2) in test_incremental.py, run three times (tests/endpoints.py): against the 6.0.5 source by URI, against a 4.2.6
+source, and with both endpoints given as saved MongoEndpoint blocks; the outage during the sync with
+the source restart runs against 6.0.5 by URI and against a 4.2.6 source given by blocks. The others run
+against 6.0.5 by URI only, to keep the suite's time: none of them depends on the source's version (the
+oplog-window test needs a source of its own with a tiny oplog).
+The destination mongod SIGKILLed at five moments of one migration is in test_destination_kills.py.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from flows.migrate import migrate
 from tasks.namespaces import plan_namespaces
 from tasks.verify import verify_collection
 from tests.conftest import ROOT, assert_same_documents, insert_raw, make_spec
+from tests.endpoints import ENDPOINTS, endpoints  # noqa: F401 - the fixture, found by its name
 
 
 def seed(client, db: str, collections: int, docs: int, size: int = 300) -> list[str]:
@@ -76,12 +84,14 @@ def inserts(client) -> int:
     return client.admin.command("serverStatus")["opcounters"]["insert"]
 
 
+@pytest.mark.parametrize("endpoints", ENDPOINTS, indirect=True)
 def test_killed_during_the_copy_then_rerun_copies_only_what_is_left(
-        src_client, dst_client, source, dest, prefect_api, run_cli, tmp_path):
+        endpoints, dst_client, prefect_api, run_cli, tmp_path):
+    src_client = endpoints.src_client
     names = seed(src_client, "shop", collections=3, docs=12_000)
     total = 3 * 12_000
-    spec_file = write_spec(tmp_path / "spec.json", source, dest, objects=[{"database": "shop"}],
-                           copy_options={"range_docs": 1000, "batch_docs": 50, "parallel_workers": 2})
+    spec_file = endpoints.write(tmp_path / "spec.json", objects=[{"database": "shop"}],
+                                copy_options={"range_docs": 1000, "batch_docs": 50, "parallel_workers": 2})
 
     proc = start_cli(prefect_api, "run", str(spec_file), "--json")
     try:
@@ -256,16 +266,20 @@ def same_orders(src_client, dst_client) -> bool:
     return raw_documents(src_client, "shop", "orders") == raw_documents(dst_client, "shop", "orders")
 
 
-def incremental(spec_for, **options):
-    return spec_for(objects=[{"database": "shop"}], migration_types=["full", "incremental"],
-                    incremental_options={"checkpoint_interval_s": 0.5, **options})
+def incremental(make, **options):
+    """An incremental spec of shop from `make(**fields)` (spec_for, or Endpoints.spec)."""
+    return make(objects=[{"database": "shop"}], migration_types=["full", "incremental"],
+                incremental_options={"checkpoint_interval_s": 0.5, **options})
 
 
-def test_sync_survives_a_destination_outage_and_a_source_restart(source, dest, src_client, dst_client, spec_for):
+# a 4.2.6 source and block endpoints in one variant: the 20 s outage makes each variant cost 35 s
+@pytest.mark.parametrize("endpoints", ["6.0.5", "4.2.6+blocks"], indirect=True)
+def test_sync_survives_a_destination_outage_and_a_source_restart(endpoints, dst_client):
     from flows.incremental import approve_cutover, waiting_for_approval
 
+    source, dest, src_client = endpoints.source, endpoints.dest, endpoints.src_client
     src_client.shop.orders.insert_many([{"_id": i, "n": i} for i in range(500)])
-    spec = incremental(spec_for)
+    spec = incremental(endpoints.spec)
     problems: list[BaseException] = []
 
     def faults() -> None:
