@@ -22,6 +22,7 @@ INDEX_NOT_FOUND = 27
 NAMESPACE_EXISTS = 48
 COMMAND_NOT_SUPPORTED_ON_VIEW = 166
 DUPLICATE_KEY = 11000
+COLLSTATS_NOT_FOUND_42 = 40280  # $collStats storageStats of a missing collection, before 4.4
 
 
 def to_ejson(value: Any) -> str:

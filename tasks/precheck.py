@@ -38,7 +38,7 @@ from blocks.spec import (
     collection_name_problem,
     database_name_problem,
 )
-from tasks.common import (COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND, UNAUTHORIZED, from_ejson, step,
+from tasks.common import (COLLSTATS_NOT_FOUND_42, COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND, UNAUTHORIZED, from_ejson, step,
                           to_ejson)
 from tasks.connect import EndpointInfo, describe_connection_error
 from tasks.namespaces import CollectionPlan, MigrationPlan, NamespaceMapper, plan_namespaces
@@ -448,9 +448,6 @@ class SourceInventory(BaseModel):
     @property
     def index_bytes(self) -> int:
         return sum(c.index_bytes for c in self.collections)
-
-
-COLLSTATS_NOT_FOUND_42 = 40280  # $collStats storageStats of a missing collection, before 4.4
 
 
 def read_source_inventory(spec: MigrationSpec, plan: MigrationPlan) -> SourceInventory:

@@ -28,6 +28,7 @@ import bson
 import pytest
 from bson.raw_bson import RawBSONDocument
 
+from blocks.mongo import close_clients
 from blocks.spec import META_DATABASE, load_spec
 from sandbox.mongod import Mongod, free_port
 from tasks.copy import COPY_UNITS, SKIPPED_DOCUMENTS
@@ -364,4 +365,5 @@ def test_oplog_window_exceeded_fails_saying_to_run_the_full_migration_again(dest
             assert "oplog window was exceeded" in run["abandoned"]
             assert dst_client.shop.orders.count_documents({"lost": True}) == 0  # the lost change stayed lost
     finally:
+        close_clients()  # while tiny still answers: closing a client of a stopped server waits for it
         tiny.destroy()

@@ -28,10 +28,10 @@ PHASES = {
     "collections": ("start_run", 0.3),
     "copy": ("copy_collection_range", 1.5),
     "indexes": ("build_indexes", 0.4),
-    "sync": ("for flow 'incremental-sync'", 3.0),
+    "sync": ("for flow 'incremental-sync'", 2.0),
     "cutover": ("cutover approved", 0.8),
 }
-SCHEDULE = ["precheck"] * 2 + ["collections"] * 2 + ["copy"] * 4 + ["indexes"] * 2 + ["sync"] * 6 + ["cutover"] * 4
+SCHEDULE = ["precheck"] * 3 + ["collections"] * 3 + ["copy"] * 4 + ["indexes"] * 2 + ["sync"] * 5 + ["cutover"] * 3
 
 
 class Run:
@@ -105,7 +105,7 @@ def test_twenty_kills_in_a_row_lose_nothing(source, dest, src_client, dst_client
         "copy_options": {"range_docs": 4000, "batch_docs": 200, "parallel_workers": 2},
         "incremental_options": {"checkpoint_interval_s": 0.5},
     }))
-    load = SourceLoad(src_client, pace_s=0.03, seed_docs=600, ddl_every=5).start()
+    load = SourceLoad(src_client, pace_s=0.03, seed_docs=600, ddl_every=8).start()
     moments: list[str] = []
     try:
         for k, phase in enumerate(SCHEDULE):

@@ -128,8 +128,10 @@ def refused(source_server, dest_server, run_cli, tmp_path_factory):
                       "source_dbs": src.list_database_names(), "two_dbs": two.list_database_names()}
         yield outcomes, counts
     finally:
-        secondary.destroy()
-        primary.destroy()
+        # SIGKILL: a primary asked to shut down waits for its secondary; the data is thrown away anyway
+        for member in (secondary, primary):
+            member.kill()
+            member.destroy()
         close_clients()
         _drop_user_databases(source_server)
 
