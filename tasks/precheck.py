@@ -38,8 +38,8 @@ from blocks.spec import (
     collection_name_problem,
     database_name_problem,
 )
-from tasks.common import (COLLSTATS_NOT_FOUND_42, COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND, UNAUTHORIZED, from_ejson, step,
-                          to_ejson)
+from tasks.common import (COLLSTATS_NOT_FOUND_42, COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND,
+                          UNAUTHORIZED, from_ejson, step, to_ejson)
 from tasks.connect import EndpointInfo, describe_connection_error
 from tasks.namespaces import CollectionPlan, MigrationPlan, NamespaceMapper, plan_namespaces
 from tasks.sync.sources import stream_has_ddl
