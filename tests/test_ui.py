@@ -7,6 +7,7 @@ Screenshots of every step go to tests/output/test_ui/.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -277,6 +278,11 @@ def test_cutover_approved_in_the_ui(served, page, src_client, dst_client, source
 
     final = served.wait_for_state(run["id"], timeout=RUN_TIMEOUT_MS / 1000)
     assert final["state_type"] == "COMPLETED", served.logs(run["id"])[-3000:]
+    # logs reach the server in batches after the run's state: wait for the line, not for the state
+    deadline = time.monotonic() + 30
+    while "cutover approved: approved by the UI test" not in served.logs(paused["id"]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert "cutover approved: approved by the UI test" in served.logs(paused["id"])
     page.goto(f"{served.ui}/runs/flow-run/{run['id']}")
     page.locator(".state-badge", has_text="Completed").first.wait_for()
