@@ -25,6 +25,15 @@ DUPLICATE_KEY = 11000
 COLLSTATS_NOT_FOUND_42 = 40280  # $collStats storageStats of a missing collection, before 4.4
 
 
+def version_tuple(version: str | None) -> tuple[int, int]:
+    """(major, minor) of a server version string such as "4.2.6" or "7.0.0-rc1"; (0, 0) if unreadable."""
+    parts = (version or "0").split("-")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return (0, 0)
+
+
 def to_ejson(value: Any) -> str:
     """Canonical Extended JSON: a plain string that keeps every BSON type (for task arguments)."""
     return json_util.dumps(value, json_options=_CANONICAL)

@@ -98,7 +98,8 @@ def topology_from_handshake(client) -> tuple[str | None, str | None]:
 
 
 def deployment_identity(client, hello: dict, topology: str) -> tuple[str | None, str | None]:
-    """(an id unique to the deployment, what it was read from), or (None, None).
+    """(an id unique to the deployment, what it was read from), or (None, None). Two ids are the
+    same deployment only when both parts are equal.
 
     Names and URIs cannot tell two deployments apart (`localhost` and `127.0.0.1`, a secondary's
     address, two replica sets both called rs0), so the id comes from the servers themselves: a
@@ -107,8 +108,6 @@ def deployment_identity(client, hello: dict, topology: str) -> tuple[str | None,
     its host, pid and start time. With access control on, the signing key of `$clusterTime` is the
     deployment's own too. Each read needs a privilege some accounts lack; the first that works wins.
     """
-    from bson import ObjectId
-
     attempts: list[tuple[str, object]] = []
     if topology == "replica_set":
         attempts += [
@@ -138,8 +137,7 @@ def deployment_identity(client, hello: dict, topology: str) -> tuple[str | None,
         except (PyMongoError, KeyError, TypeError):
             continue
         if value:
-            kind = "oid" if isinstance(value, ObjectId) else "val"
-            return f"{basis.split()[0]}:{kind}:{value}", basis
+            return str(value), basis
     return None, None
 
 

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from datetime import datetime, timedelta
-from typing import Callable, Iterator, Literal, Optional
+from typing import Callable, Literal, Optional
 from urllib.parse import urlsplit
 
 import bson
@@ -39,8 +39,9 @@ from blocks.spec import (
     database_name_problem,
 )
 from tasks.common import (COLLSTATS_NOT_FOUND_42, COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND,
-                          UNAUTHORIZED, from_ejson, step, to_ejson)
+                          UNAUTHORIZED, from_ejson, step, to_ejson, version_tuple)
 from tasks.connect import EndpointInfo, describe_connection_error
+from tasks.copy import document_offsets
 from tasks.namespaces import CollectionPlan, MigrationPlan, NamespaceMapper, plan_namespaces
 from tasks.sync.sources import stream_has_ddl
 
@@ -177,16 +178,6 @@ def check_item(name: str) -> Callable:
     return wrap
 
 
-def _version_tuple(version: Optional[str]) -> tuple[int, int]:
-    if not version:
-        return (0, 0)
-    parts = version.split("-")[0].split(".")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        return (0, 0)
-
-
 def _fmt_bytes(n: float) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if abs(n) >= size:
@@ -279,11 +270,10 @@ def same_deployment(source: EndpointInfo, destination: EndpointInfo,
     """(True, why) when both endpoints reach one deployment, (False, why) when they are two, (None,
     why) when nothing the accounts may read tells. Ids read from the servers decide; then replica-set
     member names (the same whatever alias reached them); then the addresses the URIs resolve to."""
-    if source.identity and destination.identity:
+    if source.identity and destination.identity and source.identity_basis == destination.identity_basis:
         if source.identity == destination.identity:
-            return True, f"both report {source.identity_basis} {source.identity.split(':', 2)[2]}"
-        if source.identity.split(":")[0] == destination.identity.split(":")[0]:
-            return False, f"different {source.identity_basis}s"
+            return True, f"both report {source.identity_basis} {source.identity}"
+        return False, f"different {source.identity_basis}s"
     if source.replica_set and source.replica_set == destination.replica_set and (
             set(source.addresses) & set(destination.addresses)):
         shared = sorted(set(source.addresses) & set(destination.addresses))[0]
@@ -367,7 +357,7 @@ def check_distinct_deployments(spec: MigrationSpec, plan: MigrationPlan, source:
 
 def what_the_run_does(version: str, topology: str, incremental: bool) -> str:
     """The version row's promise: what this source version gets from this run."""
-    v = _version_tuple(version)
+    v = version_tuple(version)
     if not incremental:
         return "full migration"
     if topology == "standalone":
@@ -383,7 +373,7 @@ def what_the_run_does(version: str, topology: str, incremental: bool) -> str:
 def classify_source_version(version: str, topology: str, direct_member: bool = False,
                             secondary: bool = False, incremental: bool = False) -> CheckResult:
     name = SOURCE_VERSION
-    v = _version_tuple(version)
+    v = version_tuple(version)
     if v < OLDEST_SOURCE:
         return failed(name, f"MongoDB {version} is older than 3.6, the oldest this migration's driver "
                       "speaks to", OLD_SOURCE_REMEDY)
@@ -538,7 +528,7 @@ def classify_destination(source: EndpointInfo, destination: EndpointInfo,
     name = DESTINATION_COMPATIBILITY
     notes: list[str] = []
     warns: list[tuple[str, str]] = []
-    src_v, dst_v = _version_tuple(source.version), _version_tuple(destination.version)
+    src_v, dst_v = version_tuple(source.version), version_tuple(destination.version)
     if dst_v < src_v:
         warns.append((f"destination MongoDB {destination.version} is older than the source's "
                       f"{source.version}", "use a destination at least as new as the source, or make "
@@ -556,9 +546,9 @@ def classify_destination(source: EndpointInfo, destination: EndpointInfo,
         warns.append(("the destination's feature compatibility version could not be read",
                       "grant the destination account clusterMonitor (getParameter)"))
     else:
-        fcv = _version_tuple(destination.fcv)
+        fcv = version_tuple(destination.fcv)
         level = min(level, fcv)
-        src_level = _version_tuple(source.fcv) if source.fcv else src_v
+        src_level = version_tuple(source.fcv) if source.fcv else src_v
         if fcv < src_level:
             warns.append((f"destination feature compatibility {destination.fcv} is lower than the "
                           f"source's {source.fcv or source.version}",
@@ -820,7 +810,7 @@ def check_incremental_prerequisites(spec: MigrationSpec, source: EndpointInfo,
         return failed(name, "the source is a standalone mongod: incremental migration reads its change "
                       "stream, which only replica sets and sharded clusters have",
                       standalone_remedy(spec.source.resolve()))
-    if _version_tuple(source.version) < OLDEST_INCREMENTAL_SOURCE:
+    if version_tuple(source.version) < OLDEST_INCREMENTAL_SOURCE:
         return failed(name, f"MongoDB {source.version}: the sync needs 4.2 or later",
                       "see source version and topology")
     # the change stream opens as the sync opens it (tasks/sync/engine.py: deployment-wide, expanded
@@ -1141,9 +1131,12 @@ def large_documents(spec: MigrationSpec, plan: CollectionPlan, limit: int = LARG
     """(how many documents are over `limit` bytes, the largest size) — computed by the server, or
     before 4.4 (no $bsonSize) from the length each raw document starts with."""
     coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
-    if _version_tuple(source_version) < (4, 4):
-        sizes = [size for batch in coll.find_raw_batches({}) for size in _document_sizes(batch)]
-        over = [size for size in sizes if size > limit]
+    if version_tuple(source_version) < (4, 4):
+        over = []
+        for batch in coll.find_raw_batches({}):
+            starts = document_offsets(batch)
+            sizes = [end - start for start, end in zip(starts, [*starts[1:], len(batch)])]
+            over += [size for size in sizes if size > limit]
         return len(over), max(over, default=0)
     out = list(coll.aggregate([
         {"$project": {"_id": 0, "size": {"$bsonSize": "$$ROOT"}}},
@@ -1151,14 +1144,6 @@ def large_documents(spec: MigrationSpec, plan: CollectionPlan, limit: int = LARG
         {"$group": {"_id": None, "n": {"$sum": 1}, "max": {"$max": "$size"}}},
     ]))
     return (out[0]["n"], out[0]["max"]) if out else (0, 0)
-
-
-def _document_sizes(stream: bytes) -> Iterator[int]:
-    pos = 0
-    while pos < len(stream):
-        size = int.from_bytes(stream[pos:pos + 4], "little")
-        yield size
-        pos += size
 
 
 # field names are what is looked at: a string value that is not valid UTF-8 must not stop the scan
@@ -1183,7 +1168,7 @@ def _walk_names(value, path: str, found: list[str]) -> None:
 def rejected_field_names(spec: MigrationSpec, plan: CollectionPlan, destination_version: str) -> tuple[int, list[str]]:
     """Documents whose field names a destination older than 5.0 refuses ('$'-prefixed or dotted), and
     some of the names. 5.0+ accepts them, so nothing is read then."""
-    if _version_tuple(destination_version) >= (5, 0):
+    if version_tuple(destination_version) >= (5, 0):
         return 0, []
     coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
     count, names = 0, []

@@ -29,6 +29,7 @@ from sandbox.mongod import Mongod
 from tasks.copy import COPY_UNITS
 from tasks.sync.position import SYNC_STATE
 from tests.conftest import ROOT, assert_same_documents, index_specs, user_collections
+from tests.test_faults import write_spec
 from tests.load import SourceLoad, seed
 from tests.test_incremental import waiting_since
 
@@ -120,13 +121,10 @@ def test_destination_killed_at_five_moments_of_one_migration(
     seed(src_client, docs=DOCS)
     for keys in ([("customer.name", 1)], [("lines.sku", 1), ("n", -1)], [("tags", 1)], [("total", -1)]):
         src_client.shop.orders.create_index(keys)
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps({
-        "source": {"uri": source.admin_uri()}, "destination": {"uri": dest.admin_uri()},
-        "migration_types": ["full", "incremental"], "objects": [{"database": "shop"}],
-        "name_mapping": {"shop": "shop_v2"},
-        "copy_options": {"range_docs": 1000, "batch_docs": 20, "parallel_workers": 2},
-        "incremental_options": {"checkpoint_interval_s": 0.5}}))
+    spec_path = write_spec(tmp_path / "spec.json", source, dest, migration_types=["full", "incremental"],
+                           objects=[{"database": "shop"}], name_mapping={"shop": "shop_v2"},
+                           copy_options={"range_docs": 1000, "batch_docs": 20, "parallel_workers": 2},
+                           incremental_options={"checkpoint_interval_s": 0.5})
     meta = dst[META_DATABASE]
     moments: list[str] = []
 

@@ -6,7 +6,6 @@ time; after the last approval the destination equals the source byte for byte an
 The moments are seeded: the seed is printed, and MONGO_MIGRATE_KILL_SEED=<seed> replays them."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -21,6 +20,7 @@ import pytest
 from flows.incremental import approve_cutover, waiting_for_approval
 from tests.conftest import META_DATABASE, ROOT, assert_same_documents, index_specs, insert_raw, user_collections
 from tests.load import SourceLoad, seed
+from tests.test_faults import write_spec
 
 # (phase, the log text that says it has begun, longest random wait after it before the kill)
 PHASES = {
@@ -97,14 +97,10 @@ def test_twenty_kills_in_a_row_lose_nothing(source, dest, src_client, dst_client
     insert_raw(src_client, "shop.bulk", [RawBSONDocument(bson.encode({"_id": i, "pad": "x" * 200}))
                                          for i in range(40_000)])
     src_client.shop.bulk.create_index([("pad", 1), ("_id", -1)], name="pad_id")
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps({
-        "source": {"uri": source.admin_uri()}, "destination": {"uri": dest.admin_uri()},
-        "migration_types": ["full", "incremental"], "objects": [{"database": "shop"}],
-        "name_mapping": {"shop": "shop_v2"},
-        "copy_options": {"range_docs": 4000, "batch_docs": 200, "parallel_workers": 2},
-        "incremental_options": {"checkpoint_interval_s": 0.5},
-    }))
+    path = write_spec(tmp_path / "spec.json", source, dest, migration_types=["full", "incremental"],
+                      objects=[{"database": "shop"}], name_mapping={"shop": "shop_v2"},
+                      copy_options={"range_docs": 4000, "batch_docs": 200, "parallel_workers": 2},
+                      incremental_options={"checkpoint_interval_s": 0.5})
     load = SourceLoad(src_client, pace_s=0.03, seed_docs=600, ddl_every=8).start()
     moments: list[str] = []
     try:

@@ -35,12 +35,12 @@ def endpoint(**fields) -> EndpointInfo:
 
 @pytest.mark.parametrize("source, destination, addresses, expected", [
     # ids read from the servers decide, whatever the URIs say
-    (dict(identity="replicaSetId:oid:1", identity_basis="replicaSetId", topology="replica_set"),
-     dict(identity="replicaSetId:oid:1", identity_basis="replicaSetId", topology="replica_set"),
+    (dict(identity="65f0c0de0000000000000001", identity_basis="replicaSetId", topology="replica_set"),
+     dict(identity="65f0c0de0000000000000001", identity_basis="replicaSetId", topology="replica_set"),
      (set(), set()), True),
-    (dict(identity="replicaSetId:oid:1", identity_basis="replicaSetId", topology="replica_set", replica_set="rs0",
+    (dict(identity="65f0c0de0000000000000001", identity_basis="replicaSetId", topology="replica_set", replica_set="rs0",
           addresses=["db1:27017"]),
-     dict(identity="replicaSetId:oid:2", identity_basis="replicaSetId", topology="replica_set", replica_set="rs0",
+     dict(identity="65f0c0de0000000000000002", identity_basis="replicaSetId", topology="replica_set", replica_set="rs0",
           addresses=["db9:27017"]),
      (set(), set()), False),
     # no id readable: the replica set's member names, then the addresses the URIs resolve to

@@ -280,11 +280,13 @@ class ChangeSync:
                     if not exc.has_error_label("ResumableChangeStreamError"):
                         raise
                     failing_since = self._wait_to_reconnect(stream, failing_since, exc)
-                    stream, held = None, self._rewind(held)
+                    # the stream reopens after its last passed-on event, so held events come again;
+                    # the oplog's DDL was read only up to bounds already passed on, so none is lost
+                    stream, held = None, []
                     continue
                 except ConnectionFailure as exc:
                     failing_since = self._wait_to_reconnect(stream, failing_since, exc)
-                    stream, held = None, self._rewind(held)
+                    stream, held = None, []
                     continue
                 if self._oplog_ddl is not None:
                     # a server batch's events are held until it is read to its end, then merged with
@@ -314,13 +316,6 @@ class ChangeSync:
                     stream.close()
                 except PyMongoError:
                     pass
-
-    def _rewind(self, held: list) -> list:
-        """The stream reopens after its last passed-on event: held events come again, and so does
-        the oplog's DDL after that point."""
-        if held and self._oplog_ddl is not None:
-            self._oplog_ddl.read_to = min(self._oplog_ddl.read_to, held[0]["clusterTime"])
-        return []
 
     def _wait_to_reconnect(self, stream, failing_since: float | None, exc: Exception) -> float:
         now = time.monotonic()

@@ -20,6 +20,8 @@ from typing import Any, Iterator
 from bson.timestamp import Timestamp
 from pymongo import ASCENDING
 
+from tasks.common import version_tuple
+
 # change streams carry DDL (showExpandedEvents) from this version on
 EXPANDED_EVENTS_SINCE = (6, 0)
 # before 4.4 a query on the oplog must say it is ordered by ts (oplogReplay) to start at its bound
@@ -29,14 +31,6 @@ OPLOG_REPLAY_BEFORE = (4, 4)
 STREAMED_COMMANDS = frozenset({"drop", "renameCollection", "dropDatabase"})
 # index build steps of 4.4+ replica sets: the build is applied once, at its commit
 SKIPPED_COMMANDS = frozenset({"startIndexBuild", "abortIndexBuild"})
-
-
-def version_tuple(version: str | None) -> tuple[int, int]:
-    parts = (version or "0").split("-")[0].split(".")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        return (0, 0)
 
 
 def stream_has_ddl(version: str | None) -> bool:
