@@ -11,7 +11,10 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Sequence
+
+_STARTED = time.monotonic()  # the command's own clock: Prefect's start-up is part of what a user waits
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_DIFFERENT = 3  # `verify`: the destination is not equal to the source
@@ -107,6 +110,9 @@ def format_summary(s) -> str:
         f"({s.docs_per_s:,.0f} docs/s), {s.seconds:.1f}s in all; counts "
         + ("match" if s.counts_match else "DIFFER")
     )
+    if s.phases:
+        lines.append("steps: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in s.phases.items())
+                     + f"; whole command {time.monotonic() - _STARTED:.1f}s")
     skipped = sum(getattr(c, "skipped", 0) for c in s.collections)
     if skipped:
         lines.append(f"{skipped:,} documents the destination refused were skipped "
@@ -117,6 +123,10 @@ def format_summary(s) -> str:
 
 
 def _run(args) -> int:
+    from flows.temporary_server import start_early, use_or_stop
+
+    # booting while this process imports and reads the spec (flows/temporary_server.py)
+    server = start_early()
     from blocks.spec import SpecError, load_spec
 
     try:
@@ -129,6 +139,18 @@ def _run(args) -> int:
 
     if not args.debug:
         _quiet_tracebacks()
+    try:
+        api = use_or_stop(server)
+    except RuntimeError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    with api:
+        return _run_command(spec, args)
+
+
+def _run_command(spec, args) -> int:
+    from blocks.spec import SpecError
+
     if args.command == "verify":
         return _verify(spec, args)
     from flows.migrate import PrecheckFailed, migrate, precheck
@@ -171,7 +193,8 @@ def _run(args) -> int:
         return EXIT_FAILED
     if args.json:
         print(json.dumps({"status": "completed", **summary.model_dump(mode="json"),
-                          "docs_per_s": round(summary.docs_per_s, 1)}))
+                          "docs_per_s": round(summary.docs_per_s, 1),
+                          "command_seconds": round(time.monotonic() - _STARTED, 3)}))
     else:
         print(format_summary(summary))
     return EXIT_OK

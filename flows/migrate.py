@@ -65,6 +65,8 @@ class MigrationSummary(BaseModel):
     seconds: float
     copy_seconds: float
     index_seconds: float
+    # wall seconds of each step, in the order they ran: precheck, prepare (run record, collections), copy, indexes, sync, verify
+    phases: dict[str, float] = {}
     counts_match: bool
     sync: SyncReport | None = None  # incremental: the sync and its cutover
 
@@ -158,7 +160,9 @@ def migrate(spec: MigrationSpec) -> MigrationSummary:
 def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     """The migration's steps in order; the `migrate` flow around them tells Slack how it ended."""
     started = time.monotonic()
+    phases = PhaseClock()
     outcome = precheck(spec)
+    phases.lap("precheck")
     if not outcome.report.passed or outcome.plan is None:
         raise PrecheckFailed(outcome.report)
     plan = outcome.plan
@@ -170,10 +174,12 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     data_plans = plan.data_plans
     for fut in create_target_collection_task.map(unmapped(spec), data_plans):
         fut.result()
+    phases.lap("prepare")
 
     copy_started = time.monotonic()
     stats = full_copy(spec, data_plans)
     copy_seconds = time.monotonic() - copy_started
+    phases.lap("copy")
 
     index_started = time.monotonic()
     # incremental: unique indexes are built without `unique` and made unique at cutover, once the
@@ -185,10 +191,12 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     if spec.incremental:
         record_deferred_unique_task(spec, index_results)
     index_seconds = time.monotonic() - index_started
+    phases.lap("indexes")
     sync = None
     if spec.incremental:
         # the changes made since the start point, then until cutover (flows/incremental.py)
         sync = incremental_sync(spec, plan)
+        phases.lap("sync")
         if sync.status != "cut_over":
             # no cutover (approval timed out or declined): nothing to verify yet; the sync position
             # is saved and the run stays unfinished, so running the spec again continues the sync
@@ -197,11 +205,15 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
                 destination=spec.destination.display(), resumed=run.resumed, collections=[], views=views,
                 docs=sum(s.docs for s in stats), bytes=sum(s.bytes for s in stats),
                 seconds=round(time.monotonic() - started, 3), copy_seconds=round(copy_seconds, 3),
-                index_seconds=round(index_seconds, 3), counts_match=False, sync=sync)
+                index_seconds=round(index_seconds, 3), phases=phases.laps, counts_match=False, sync=sync)
         plan = sync.plan or plan  # collections may have been created, dropped or renamed meanwhile
         data_plans = plan.data_plans
-    # the last step: counts, every document's bytes, options, indexes and views (flows/verify.py)
-    verification = verify_plan(spec, plan)
+    # the last step: counts, every document's bytes, options, indexes and views (flows/verify.py). A
+    # full run's copy has digested the source as it read it; after a sync the source has moved on
+    # since, and a resumed run's earlier share was read long ago: both sides are read again then
+    fresh_copy = not spec.incremental and not run.resumed
+    verification = verify_plan(spec, plan, copied=stats if fresh_copy else None)
+    phases.lap("verify")
     if not spec.incremental:
         flag_emptied_sources(verification, outcome.report.source_docs)
     counts = verification.collections
@@ -209,12 +221,26 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     summary = summarize(spec, run.resumed, data_plans, stats, counts, indexes, views,
                         time.monotonic() - started, copy_seconds, index_seconds)
     summary.sync = sync
+    summary.phases = phases.laps
     create_markdown_artifact(key="migration-summary", markdown=summary_markdown(summary),
                              description="What was migrated")
     if not summary.counts_match:
         raise MigrationFailed("verification found differences: " + verification.describe())
     finish_run_task(spec)
     return summary
+
+
+class PhaseClock:
+    """Wall seconds per step: each lap() closes the step that ran since the previous one."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def flag_emptied_sources(verification: VerificationReport, precheck_docs: dict[str, int]) -> None:
@@ -260,6 +286,8 @@ def summary_markdown(s: MigrationSummary) -> str:
         f"{s.docs:,} documents, {s.bytes / 1e6:,.1f} MB copied in {s.copy_seconds:.1f}s "
         f"({s.docs_per_s:,.0f} docs/s); total {s.seconds:.1f}s; counts "
         f"{'match' if s.counts_match else 'DIFFER'}.",
+        "",
+        "Steps: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in s.phases.items()),
         "",
         "| source | target | kind | source docs | target docs | indexes |",
         "|---|---|---|---:|---:|---:|",

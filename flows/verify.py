@@ -14,6 +14,7 @@ from pydantic import BaseModel, computed_field
 
 from blocks.spec import MigrationSpec
 from tasks.connect import check_connectivity_task
+from tasks.copy import CopyStats
 from tasks.namespaces import MigrationPlan, plan_namespaces_task
 from tasks.verify import RECHECK_DELAY_S, CollectionVerification, verify_collection_task
 
@@ -92,10 +93,13 @@ def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
     return verify_plan(spec, plan, recheck_delay_s)
 
 
-def verify_plan(spec: MigrationSpec, plan: MigrationPlan,
-                recheck_delay_s: float = RECHECK_DELAY_S) -> VerificationReport:
+def verify_plan(spec: MigrationSpec, plan: MigrationPlan, recheck_delay_s: float = RECHECK_DELAY_S,
+                copied: list[CopyStats] | None = None) -> VerificationReport:
     """Verify every collection and view of the plan, as tasks of the calling flow run (`verify`, or
-    `migrate` as its last step: not a subflow, for the reason flows/migrate.py:full_copy gives)."""
+    `migrate` as its last step: not a subflow, for the reason flows/migrate.py:full_copy gives).
+
+    `copied`: the ranges a full run's copy read, with their digests (tasks/verify.py says how they
+    spare a second read of the source)."""
     started = time.monotonic()
     # at most two range reads per copy worker at any time, however the collections are sized: a
     # collection alone gets every read, several share them (memory stays flat, see bench/verify.py)
@@ -105,7 +109,8 @@ def verify_plan(spec: MigrationSpec, plan: MigrationPlan,
     with ThreadPoolTaskRunner(max_workers=workers) as runner:
         futures = runner.map(verify_collection_task, {
             "spec": unmapped(spec), "plan": plan.collections,
-            "recheck_delay_s": unmapped(recheck_delay_s), "scan_threads": unmapped(scan_threads)})
+            "recheck_delay_s": unmapped(recheck_delay_s), "scan_threads": unmapped(scan_threads),
+            "copied": [[s for s in copied or [] if s.source_ns == p.source_ns] for p in plan.collections]})
         report = VerificationReport(collections=[f.result() for f in futures])
     report.seconds = round(time.monotonic() - started, 3)
     create_table_artifact(

@@ -5,10 +5,12 @@ arrives is byte for byte what was read. Each range keeps a checkpoint on the des
 rerun range starts again from its last saved `_id`, and a range finished by an earlier run of the same
 spec is not copied again. Inserts are unordered and a duplicate `_id` (a document a failed attempt had
 already written) is not an error, so a retry neither loses nor duplicates documents.
+
+Each range also digests what it reads from the source (tasks/digest.py), checkpoint by checkpoint, so
+that a full run's verification need not read the source's documents a second time (tasks/verify.py).
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import queue
@@ -30,6 +32,7 @@ from pymongo.errors import BulkWriteError, WriteConcernError
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson
+from tasks.digest import digest_hex, digest_raw_batch, document_hash
 from tasks.namespaces import CollectionPlan
 
 log = logging.getLogger("mongo_migrate.copy")
@@ -67,6 +70,12 @@ class CopyStats(BaseModel):
     unit_id: str
     source_ns: str
     target_ns: str
+    lower_ejson: str | None = None  # the range's bounds, as in CopyRange
+    upper_ejson: str | None = None
+    # what was read from the source over the whole range, every attempt's share once (None: not known,
+    # e.g. a checkpoint written by an older version): the documents and their digest
+    read_docs: int | None = None
+    read_digest: str | None = None
     docs: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -173,6 +182,17 @@ def _prefetch(batches: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
                 q.get_nowait()
             except queue.Empty:
                 t.join(0.05)
+
+
+def with_max_key(batches: Iterable[bytes], coll: Collection, projection: dict | None = None) -> Iterator[bytes]:
+    """The batches of an `_id` index scan from `min` with no `max`, and the document whose _id is
+    MaxKey: a regular index's scan stops before it (seen on 6.0), a clustered one's does not."""
+    last = b""
+    for batch in batches:
+        last = batch or last
+        yield batch
+    if not last or last_document(last)["_id"] != MaxKey():
+        yield from coll.find_raw_batches({"_id": MaxKey()}, projection)
 
 
 def _already_there(error: dict) -> bool:
@@ -313,13 +333,15 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     """Copy one range of one collection, resuming from its checkpoint."""
     plan = rng.plan
     started = time.monotonic()
-    stats = CopyStats(unit_id=rng.unit_id, source_ns=plan.source_ns, target_ns=plan.target_ns)
+    stats = CopyStats(unit_id=rng.unit_id, source_ns=plan.source_ns, target_ns=plan.target_ns,
+                      lower_ejson=rng.lower_ejson, upper_ejson=rng.upper_ejson)
     dest = open_client(spec.destination.resolve())
     units = dest[META_DATABASE][COPY_UNITS]
     key = f"{spec.digest()}:{rng.unit_id}"
     state = units.find_one({"_id": key}) or {}
     if state.get("done"):
         stats.docs, stats.bytes, stats.already_done = state.get("docs", 0), state.get("bytes", 0), True
+        stats.read_docs, stats.read_digest = state.get("read_docs"), state.get("read_digest")
         return stats
 
     source = open_client(spec.source.resolve())[plan.source_db].get_collection(
@@ -360,8 +382,7 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     # (each batch is the documents' bytes end to end, straight from the server's reply)
     batches: Iterable[bytes] = cursor
     if lower is not None and upper is None:
-        # an index scan from `min` with no `max` stops before an _id of MaxKey (seen on 6.0)
-        batches = itertools.chain(batches, source.find_raw_batches({"_id": MaxKey()}))
+        batches = with_max_key(batches, source)
     skip_refused = None
     if spec.copy_options.on_document_error == "skip":
         skipped = dest[META_DATABASE][SKIPPED_DOCUMENTS]
@@ -378,6 +399,11 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
             }}, upsert=True)
 
     docs_before, bytes_before = state.get("docs", 0), state.get("bytes", 0)
+    # a first attempt starts the digest from nothing; a resumed one from its checkpoint's, unless that
+    # checkpoint carries none (then the digest stays unknown and verification reads the source)
+    read_known = not state.get("resume_from") or state.get("read_digest") is not None
+    read_docs = state.get("read_docs", 0) if read_known else 0
+    read_sum = int(state["read_digest"], 16) if state.get("read_digest") else 0
     last_checkpoint = time.monotonic()
     for stream in _prefetch(batches):
         if not stream:
@@ -385,17 +411,27 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
         # count what was inserted: after a resume, documents already there are not counted twice
         stats.docs += insert_raw_stream(target, stream, plan.target_ns, skip_refused)[1]
         stats.bytes += len(stream)
+        n, total = digest_raw_batch(stream)
+        read_docs, read_sum = read_docs + n, read_sum + total
         if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
+            last = last_document(stream)
+            # a resumed attempt reads again from the last document (min() is inclusive): the digest
+            # saved with the checkpoint stops just before it
             units.update_one({"_id": key}, {"$set": {
-                "resume_from": None if capped else to_ejson({"_id": last_document(stream)["_id"]}),
+                "resume_from": None if capped else to_ejson({"_id": last["_id"]}),
                 "docs": docs_before + stats.docs, "bytes": bytes_before + stats.bytes,
+                "read_docs": read_docs - 1 if read_known else None,
+                "read_digest": digest_hex(read_sum - document_hash(last.raw)) if read_known else None,
                 "updated": datetime.now(timezone.utc),
             }}, upsert=True)
             last_checkpoint = time.monotonic()
     stats.docs += docs_before
     stats.bytes += bytes_before
+    if read_known:
+        stats.read_docs, stats.read_digest = read_docs, digest_hex(read_sum)
     units.update_one({"_id": key}, {"$set": {
         "done": True, "docs": stats.docs, "bytes": stats.bytes, "target_ns": plan.target_ns,
+        "read_docs": stats.read_docs, "read_digest": stats.read_digest,
         "updated": datetime.now(timezone.utc),
     }}, upsert=True)
     stats.seconds = time.monotonic() - started

@@ -1,12 +1,14 @@
 """Step 6: verification. Is every selected collection on the destination what it is on the source?
 
 For each collection: the document count and an order-independent digest of every document's exact
-bytes, computed over the copy's `_id` ranges on both sides at once; the collection options, the index
-specs, and view definitions.
+bytes (tasks/digest.py), computed over `_id` ranges on both sides at once; the collection options, the
+index specs, and view definitions.
 
-The digest adds a 128-bit hash (BLAKE2b) of each document's raw BSON modulo 2**128. Addition does not
-depend on the order the two sides return documents in, and unlike XOR a document stored twice adds
-its hash twice instead of cancelling out, so neither a duplicate nor a missing+extra pair goes unseen.
+In a full run the copy has digested every range of the source as it read it (tasks/copy.py), so the
+source's documents are not read again: each range's destination digest is compared with the copy's,
+and the source's documents in the range are counted from its `_id` index alone (a covered scan), which
+is independent of the copy and so catches a document the copy never read. A range where any of the
+three differs, a range finished by an earlier run, and every run of `verify` itself digest both sides.
 
 A range whose digests differ is digested again after a delay (a change still in flight, e.g. from the
 incremental sync, settles) and, if it still differs, narrowed down to the exact `_id`s that are
@@ -18,7 +20,6 @@ collection.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import struct
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import bson
-from bson import MaxKey, json_util
+from bson import json_util
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.json_util import JSONMode, JSONOptions
 from pydantic import BaseModel, computed_field
@@ -36,7 +37,9 @@ from pymongo.collection import Collection
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import RAW, from_ejson, step, to_ejson
-from tasks.copy import SKIPPED_DOCUMENTS, CopyRange, splittable, split_collection
+from tasks.digest import DIGEST_MOD, digest_raw_batch, document_hash
+from tasks.copy import (SKIPPED_DOCUMENTS, CopyRange, CopyStats, document_offsets, splittable, split_collection,
+                        with_max_key)
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 from tasks.schema import map_view_pipeline, view_source_name
 
@@ -44,11 +47,11 @@ Side = Literal["source", "destination"]
 SIDES: tuple[Side, Side] = ("source", "destination")
 
 VERIFY_BATCH_DOCS = 1000
+ID_BATCH_DOCS = 50_000  # _ids only: a batch stays far under 16 MB
 LIST_LIMIT = 100  # differences listed per collection
 NARROW_BUDGET = 100_000  # source documents held as {_id: hash} while narrowing one range
 RECHECK_DELAY_S = 5.0
 
-_MOD = 1 << 128
 # _ids decoded for people and for the skipped-documents records: dates beyond year 9999 stay DatetimeMS
 _DECODED = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 _DISPLAY_JSON = JSONOptions(json_mode=JSONMode.RELAXED, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
@@ -58,23 +61,6 @@ _IGNORED_OPTIONS = {"uuid", "autoIndexId"}
 
 
 # -- raw BSON ------------------------------------------------------------------------------------
-
-def document_hash(doc: bytes | memoryview) -> int:
-    return int.from_bytes(hashlib.blake2b(doc, digest_size=16).digest(), "little")
-
-
-def digest_raw_batch(raw: bytes) -> tuple[int, int]:
-    """(documents, sum of their hashes) of a raw batch: BSON documents back to back."""
-    view = memoryview(raw)
-    unpack, blake, from_bytes = _INT32.unpack_from, hashlib.blake2b, int.from_bytes
-    pos, end, count, total = 0, len(raw), 0, 0
-    while pos < end:
-        size = unpack(raw, pos)[0]
-        total += from_bytes(blake(view[pos:pos + size], digest_size=16).digest(), "little")
-        pos += size
-        count += 1
-    return count, total
-
 
 _FIXED_SIZE = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8,
                0x13: 16, 0xFF: 0, 0x7F: 0}
@@ -148,10 +134,19 @@ def _collection(spec: MigrationSpec, plan: CollectionPlan, side: Side) -> Collec
         plan.target_data_collection, codec_options=RAW)
 
 
-def range_batches(spec: MigrationSpec, rng: CopyRange, side: Side) -> Iterator[bytes]:
-    """The raw batches of one `_id` range on one side, bounded as the copy bounds it."""
+class RangeDigest(NamedTuple):
+    count: int
+    digest: int
+    bytes: int
+
+
+def range_batches(spec: MigrationSpec, rng: CopyRange, side: Side, ids_only: bool = False) -> Iterator[bytes]:
+    """The raw batches of one `_id` range on one side, bounded as the copy bounds it; with `ids_only`,
+    documents of their `_id` alone, which the server reads from the `_id` index (a covered scan)."""
     coll = _collection(spec, rng.plan, side)
-    cursor = coll.find_raw_batches({}, batch_size=VERIFY_BATCH_DOCS, cursor_type=CursorType.EXHAUST)
+    projection = {"_id": 1} if ids_only else None
+    cursor = coll.find_raw_batches({}, projection, batch_size=ID_BATCH_DOCS if ids_only else VERIFY_BATCH_DOCS,
+                                   cursor_type=CursorType.EXHAUST)
     if splittable(rng.plan):
         cursor = cursor.hint([("_id", ASCENDING)])
         if rng.lower_ejson:
@@ -159,15 +154,37 @@ def range_batches(spec: MigrationSpec, rng: CopyRange, side: Side) -> Iterator[b
         if rng.upper_ejson:
             cursor = cursor.max(list(from_ejson(rng.upper_ejson).items()))
         elif rng.lower_ejson:
-            # min() without max() stops before a MaxKey _id (the implied bound is exclusive)
-            return itertools.chain(cursor, coll.find_raw_batches({"_id": MaxKey()}))
+            return with_max_key(cursor, coll, projection)
     return iter(cursor)
 
 
-class RangeDigest(NamedTuple):
-    count: int
-    digest: int
-    bytes: int
+def count_range_ids(spec: MigrationSpec, rng: CopyRange) -> int:
+    """The source's documents in one range, counted from the `_id` index without reading them."""
+    return sum(len(document_offsets(raw)) for raw in range_batches(spec, rng, "source", ids_only=True))
+
+
+def copied_ranges(plan: CollectionPlan, copied: list[CopyStats]) -> tuple[list[CopyRange], list[RangeDigest]] | None:
+    """The ranges this run's copy cut the collection into, with the digest of what it read in each;
+    None unless they cover the whole collection and were all copied, digest known, by this run."""
+    if not splittable(plan) or not copied:
+        return None
+    by_lower = {s.lower_ejson: s for s in copied if s.source_ns == plan.source_ns}
+    ranges, read = [], []
+    lower: str | None = None
+    while len(ranges) < len(by_lower):
+        s = by_lower.get(lower)
+        if s is None or s.already_done or s.read_digest is None or s.read_docs is None:
+            return None
+        ranges.append(CopyRange(plan=plan, lower_ejson=s.lower_ejson, upper_ejson=s.upper_ejson))
+        read.append(RangeDigest(s.read_docs, int(s.read_digest, 16), s.bytes))
+        lower = s.upper_ejson
+        if lower is None:
+            break
+    if lower is not None or len(ranges) != len(by_lower):
+        return None
+    for i, r in enumerate(ranges):
+        r.index, r.total = i, len(ranges)
+    return ranges, read
 
 
 def digest_range(spec: MigrationSpec, rng: CopyRange, side: Side) -> RangeDigest:
@@ -175,7 +192,7 @@ def digest_range(spec: MigrationSpec, rng: CopyRange, side: Side) -> RangeDigest
     for raw in range_batches(spec, rng, side):
         n, s = digest_raw_batch(raw)
         count, total, size = count + n, total + s, size + len(raw)
-    return RangeDigest(count, total % _MOD, size)
+    return RangeDigest(count, total % DIGEST_MOD, size)
 
 
 def _bucket_of(element: bytes, buckets: int) -> int:
@@ -190,7 +207,7 @@ def bucket_digests(spec: MigrationSpec, rng: CopyRange, side: Side, buckets: int
             b = _bucket_of(element, buckets)
             counts[b] += 1
             sums[b] += h
-    return [(c, s % _MOD) for c, s in zip(counts, sums)]
+    return [(c, s % DIGEST_MOD) for c, s in zip(counts, sums)]
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -384,11 +401,12 @@ def _recorded_skips(spec: MigrationSpec, plan: CollectionPlan, elements: list[by
 
 
 def verify_collection(spec: MigrationSpec, plan: CollectionPlan, recheck_delay_s: float = RECHECK_DELAY_S,
-                      scan_threads: int | None = None) -> CollectionVerification:
+                      scan_threads: int | None = None, copied: list[CopyStats] | None = None) -> CollectionVerification:
     """Compare one selected collection (or view) with its mapped target. See the module docstring.
 
     Up to `scan_threads` range reads run at once (a source and a destination read per range);
-    by default two per copy worker.
+    by default two per copy worker. `copied`: what this run's copy read of the collection, range by
+    range (a full run's last step), so that the source's documents need not be read again.
     """
     started = time.monotonic()
     result = CollectionVerification(source_ns=plan.source_ns, target_ns=plan.target_ns, kind=plan.kind)
@@ -402,8 +420,9 @@ def verify_collection(spec: MigrationSpec, plan: CollectionPlan, recheck_delay_s
         result.problems += problems
         result.notes += notes
 
-    # any cut will do for comparing; verification writes nothing on the destination
-    ranges = split_collection(spec, plan, remember=False)
+    read_by_copy = copied_ranges(plan, copied or [])
+    # else any cut will do for comparing; verification writes nothing on the destination
+    ranges = read_by_copy[0] if read_by_copy else split_collection(spec, plan, remember=False)
     workers = max(2, min(2 * len(ranges), scan_threads or 2 * spec.copy_options.parallel_workers))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
         def digest_all(rngs: list[CopyRange]) -> list[tuple[RangeDigest, RangeDigest]]:
@@ -411,7 +430,17 @@ def verify_collection(spec: MigrationSpec, plan: CollectionPlan, recheck_delay_s
                        for r in rngs]
             return [(s.result(), d.result()) for s, d in futures]
 
-        digests = digest_all(ranges)
+        def digest_against_copy(rngs: list[CopyRange], read: list[RangeDigest]) -> list[tuple[RangeDigest, RangeDigest]]:
+            futures = [(pool.submit(count_range_ids, spec, r), pool.submit(digest_range, spec, r, "destination"))
+                       for r in rngs]
+            pairs = []
+            for r, copy_read, (count_f, dst_f) in zip(rngs, read, futures):
+                # the copy's digest stands for the source only where the index counts what it read
+                src = copy_read if count_f.result() == copy_read.count else digest_range(spec, r, "source")
+                pairs.append((src, dst_f.result()))
+            return pairs
+
+        digests = digest_against_copy(*read_by_copy) if read_by_copy else digest_all(ranges)
         mismatched = [i for i, (s, d) in enumerate(digests) if s[:2] != d[:2]]
         rechecked = len(mismatched)
         if mismatched and recheck_delay_s > 0:
@@ -446,8 +475,8 @@ def verify_collection(spec: MigrationSpec, plan: CollectionPlan, recheck_delay_s
     result.ranges, result.mismatched_ranges, result.rechecked_ranges = len(ranges), len(mismatched), rechecked
     result.source_docs = sum(s.count for s, _ in digests)
     result.target_docs = sum(d.count for _, d in digests)
-    result.source_digest = f"{sum(s.digest for s, _ in digests) % _MOD:032x}"
-    result.target_digest = f"{sum(d.digest for _, d in digests) % _MOD:032x}"
+    result.source_digest = f"{sum(s.digest for s, _ in digests) % DIGEST_MOD:032x}"
+    result.target_digest = f"{sum(d.digest for _, d in digests) % DIGEST_MOD:032x}"
     if unexplained:
         result.problems.append(
             f"{unexplained} of {len(ranges)} _id ranges differ beyond the {LIST_LIMIT} differences listed"

@@ -14,6 +14,9 @@ from prefect import get_client
 from flows.migrate import migrate
 from flows.verify import VerificationReport, verification_text
 from tasks.namespaces import plan_namespaces
+import tasks.verify
+from tasks.copy import copy_collection_range, split_collection
+from tasks.schema import create_target_collection
 from tasks.verify import digest_raw_batch, verify_collection
 from tests.conftest import insert_raw
 
@@ -86,6 +89,39 @@ def test_equal_collections_then_every_kind_of_difference_named_by_id(src_client,
     assert kinds["extra"] == ['"zz-extra"']
     assert sorted(kinds["different"]) == sorted(['"k000011"', '{"a": 13, "b": "x"}'])
     assert "2 missing, 1 extra, 2 different" in diff.describe()
+
+
+def test_a_full_runs_verification_reads_the_destination_and_counts_the_source_index(
+        src_client, dst_client, spec_for, monkeypatch):
+    """After a copy, the copy's digests stand for the source: its documents are not read again, but
+    what the copy never read, and what changed on the destination, is still found and named."""
+    insert_raw(src_client, "shop.items", mixed_documents(5000))
+    spec = spec_for(objects=[{"database": "shop"}], copy_options={"range_docs": 1000})
+    plan = plan_for(spec, "shop.items")
+    create_target_collection(spec, plan)
+    copied = [copy_collection_range(spec, r) for r in split_collection(spec, plan)]
+    assert len(copied) >= 4
+
+    sides = []
+    real_digest_range = tasks.verify.digest_range
+    monkeypatch.setattr(tasks.verify, "digest_range",
+                        lambda spec, rng, side: sides.append(side) or real_digest_range(spec, rng, side))
+    same = verify_collection(spec, plan, recheck_delay_s=0, copied=copied)
+    assert same.equal, same.describe()
+    assert (same.source_docs, same.target_docs, same.ranges) == (5000, 5000, len(copied))
+    assert same.source_digest == same.target_digest
+    assert sides == ["destination"] * len(copied)  # the source's documents were not read again
+
+    src_client.shop.items.insert_one({"_id": 2500.25, "n": -1})       # after the copy: never read by it
+    items = dst_client.shop.get_collection("items", codec_options=bson.CodecOptions(RawBSONDocument))
+    items.update_one({"_id": "k000011"}, {"$set": {"n": Int64(11)}})  # changed on the destination
+    items.delete_one({"_id": ObjectId((4997).to_bytes(12, "big"))})
+    diff = verify_collection(spec, plan, recheck_delay_s=0.1, copied=copied)
+    assert (diff.missing, diff.extra, diff.different) == (2, 0, 1)
+    kinds = by_kind(diff)
+    assert sorted(kinds["missing"]) == sorted(["2500.25", '{"$oid": "000000000000000000001385"}'])
+    assert kinds["different"] == ['"k000011"']
+    assert diff.source_docs == 5001 and diff.target_docs == 4999
 
 
 def test_a_change_still_in_flight_is_not_reported(src_client, dst_client, spec_for):
