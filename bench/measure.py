@@ -24,19 +24,26 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
     return 0.0
 
 
-def data_set_args(description: str, default_docs: int) -> argparse.Namespace:
-    """The generated data set's options (shared by the benchmarks that copy or compare one), plus
-    what follows from them: n_per (documents per collection), colls (names), total."""
-    ap = argparse.ArgumentParser(description=description)
+def add_data_set_args(ap: argparse.ArgumentParser, default_docs: int) -> None:
+    """The generated data set's options, shared by the benchmarks that copy or compare one."""
     ap.add_argument("--docs", type=int, default=default_docs)
     ap.add_argument("--collections", type=int, default=4)
     ap.add_argument("--doc-bytes", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=4)
-    args = ap.parse_args()
+
+
+def data_set(args: argparse.Namespace) -> argparse.Namespace:
+    """What follows from the options: n_per (documents per collection), colls (names), total."""
     args.n_per = args.docs // args.collections
     args.colls = [f"c{i}" for i in range(args.collections)]
     args.total = args.n_per * args.collections
     return args
+
+
+def data_set_args(description: str, default_docs: int) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=description)
+    add_data_set_args(ap, default_docs)
+    return data_set(ap.parse_args())
 
 
 def cpu_seconds(pid: int) -> float:

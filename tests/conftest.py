@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-# the heartbeat thread costs about a second per flow run in tests
+# the session turns flow-run heartbeats off (prefect_api); a value from the environment would not matter
 os.environ.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
 
 import pytest  # noqa: E402
@@ -25,10 +25,13 @@ KEEP = {"admin", "local", "config"}
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api():
     """One temporary Prefect server (SQLite) for the session; yields its API URL."""
-    from prefect.settings import get_current_settings
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # no flow-run heartbeats in this process: their thread makes every flow run end up to a second
+    # late (flows/migrate.py), a minute or more over the suite; nothing here looks for crashed runs
+    with prefect_test_harness(server_startup_timeout=60), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield get_current_settings().api.url
 
 
