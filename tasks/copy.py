@@ -6,8 +6,8 @@ rerun range starts again from its last saved `_id`, and a range finished by an e
 spec is not copied again. Inserts are unordered and a duplicate `_id` (a document a failed attempt had
 already written) is not an error, so a retry neither loses nor duplicates documents.
 
-Each range also digests what it reads from the source (tasks/digest.py), checkpoint by checkpoint, so
-that a full run's verification need not read the source's documents a second time (tasks/verify.py).
+A range copied in one pass from its start also hashes the bytes it read, in `_id` order (tasks/digest.py),
+so that a full run's verification need not read the source's documents a second time (tasks/verify.py).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 from datetime import datetime, timezone
 
 import bson
@@ -32,10 +33,11 @@ from pymongo.errors import BulkWriteError, WriteConcernError
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson
-from tasks.digest import digest_hex, digest_raw_batch, document_hash
+from tasks.digest import StreamHash
 from tasks.namespaces import CollectionPlan
 
 log = logging.getLogger("mongo_migrate.copy")
+T = TypeVar("T")
 
 CHECKPOINT_EVERY_S = 5.0
 COPY_UNITS = "copy_units"
@@ -72,10 +74,10 @@ class CopyStats(BaseModel):
     target_ns: str
     lower_ejson: str | None = None  # the range's bounds, as in CopyRange
     upper_ejson: str | None = None
-    # what was read from the source over the whole range, every attempt's share once (None: not known,
-    # e.g. a checkpoint written by an older version): the documents and their digest
+    # what this attempt read from the source when it read the whole range from its start (None after a
+    # resume from a checkpoint): the documents, and the hash of their bytes in the order read
     read_docs: int | None = None
-    read_digest: str | None = None
+    read_hash: str | None = None
     docs: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -149,7 +151,7 @@ def _cut_ranges(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRange]:
     ]
 
 
-def _prefetch(batches: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+def prefetch(batches: Iterable[T], depth: int = 2) -> Iterator[T]:
     """Read the next batches in a thread while the current one is written."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -341,7 +343,6 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     state = units.find_one({"_id": key}) or {}
     if state.get("done"):
         stats.docs, stats.bytes, stats.already_done = state.get("docs", 0), state.get("bytes", 0), True
-        stats.read_docs, stats.read_digest = state.get("read_docs"), state.get("read_digest")
         return stats
 
     source = open_client(spec.source.resolve())[plan.source_db].get_collection(
@@ -399,39 +400,33 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
             }}, upsert=True)
 
     docs_before, bytes_before = state.get("docs", 0), state.get("bytes", 0)
-    # a first attempt starts the digest from nothing; a resumed one from its checkpoint's, unless that
-    # checkpoint carries none (then the digest stays unknown and verification reads the source)
-    read_known = not state.get("resume_from") or state.get("read_digest") is not None
-    read_docs = state.get("read_docs", 0) if read_known else 0
-    read_sum = int(state["read_digest"], 16) if state.get("read_digest") else 0
+    # the hash of one pass over the whole range (a resumed attempt's pass is not one)
+    whole_range = not state.get("resume_from")
+    read_hash, read_docs = StreamHash(), 0
     last_checkpoint = time.monotonic()
-    for stream in _prefetch(batches):
+    # each batch is hashed by the reading thread (hashlib lets go of the GIL for long inputs), while the
+    # previous one's insert is in flight
+    for stream in prefetch(read_hash.passing(batches)):
         if not stream:
             continue
         # count what was inserted: after a resume, documents already there are not counted twice
-        stats.docs += insert_raw_stream(target, stream, plan.target_ns, skip_refused)[1]
+        in_stream, inserted = insert_raw_stream(target, stream, plan.target_ns, skip_refused)
+        stats.docs += inserted
         stats.bytes += len(stream)
-        n, total = digest_raw_batch(stream)
-        read_docs, read_sum = read_docs + n, read_sum + total
+        read_docs += in_stream
         if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
-            last = last_document(stream)
-            # a resumed attempt reads again from the last document (min() is inclusive): the digest
-            # saved with the checkpoint stops just before it
             units.update_one({"_id": key}, {"$set": {
-                "resume_from": None if capped else to_ejson({"_id": last["_id"]}),
+                "resume_from": None if capped else to_ejson({"_id": last_document(stream)["_id"]}),
                 "docs": docs_before + stats.docs, "bytes": bytes_before + stats.bytes,
-                "read_docs": read_docs - 1 if read_known else None,
-                "read_digest": digest_hex(read_sum - document_hash(last.raw)) if read_known else None,
                 "updated": datetime.now(timezone.utc),
             }}, upsert=True)
             last_checkpoint = time.monotonic()
     stats.docs += docs_before
     stats.bytes += bytes_before
-    if read_known:
-        stats.read_docs, stats.read_digest = read_docs, digest_hex(read_sum)
+    if whole_range:
+        stats.read_docs, stats.read_hash = read_docs, read_hash.hexdigest()
     units.update_one({"_id": key}, {"$set": {
         "done": True, "docs": stats.docs, "bytes": stats.bytes, "target_ns": plan.target_ns,
-        "read_docs": stats.read_docs, "read_digest": stats.read_digest,
         "updated": datetime.now(timezone.utc),
     }}, upsert=True)
     stats.seconds = time.monotonic() - started

@@ -4,11 +4,12 @@ For each collection: the document count and an order-independent digest of every
 bytes (tasks/digest.py), computed over `_id` ranges on both sides at once; the collection options, the
 index specs, and view definitions.
 
-In a full run the copy has digested every range of the source as it read it (tasks/copy.py), so the
-source's documents are not read again: each range's destination digest is compared with the copy's,
-and the source's documents in the range are counted from its `_id` index alone (a covered scan), which
-is independent of the copy and so catches a document the copy never read. A range where any of the
-three differs, a range finished by an earlier run, and every run of `verify` itself digest both sides.
+In a full run the copy has hashed each range of the source as it read it, in `_id` order (tasks/copy.py),
+so the source's documents are not read again: the destination's range, read in the same order, must
+hash the same, and the source's documents in the range are counted from its `_id` index alone (a
+covered scan), which is independent of the copy and so catches a document the copy never read. A range
+where either differs, one the copy resumed or an earlier run finished, and every run of `verify` itself
+digest both sides as above.
 
 A range whose digests differ is digested again after a delay (a change still in flight, e.g. from the
 incremental sync, settles) and, if it still differs, narrowed down to the exact `_id`s that are
@@ -37,7 +38,7 @@ from pymongo.collection import Collection
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import RAW, from_ejson, step, to_ejson
-from tasks.digest import DIGEST_MOD, digest_raw_batch, document_hash
+from tasks.digest import DIGEST_MOD, StreamHash, digest_raw_batch, document_hash
 from tasks.copy import (SKIPPED_DOCUMENTS, CopyRange, CopyStats, document_offsets, splittable, split_collection,
                         with_max_key)
 from tasks.namespaces import CollectionPlan, NamespaceMapper
@@ -163,9 +164,23 @@ def count_range_ids(spec: MigrationSpec, rng: CopyRange) -> int:
     return sum(len(document_offsets(raw)) for raw in range_batches(spec, rng, "source", ids_only=True))
 
 
-def copied_ranges(plan: CollectionPlan, copied: list[CopyStats]) -> tuple[list[CopyRange], list[RangeDigest]] | None:
-    """The ranges this run's copy cut the collection into, with the digest of what it read in each;
-    None unless they cover the whole collection and were all copied, digest known, by this run."""
+def hash_range(spec: MigrationSpec, rng: CopyRange, side: Side) -> str:
+    """The hash of one range's bytes on one side, in `_id` order (tasks/digest.py:StreamHash)."""
+    stream = StreamHash()
+    for raw in range_batches(spec, rng, side):
+        stream.update(raw)
+    return stream.hexdigest()
+
+
+class CopiedRange(NamedTuple):
+    docs: int
+    hash: str
+    bytes: int
+
+
+def copied_ranges(plan: CollectionPlan, copied: list[CopyStats]) -> tuple[list[CopyRange], list[CopiedRange]] | None:
+    """The ranges this run's copy cut the collection into, with what it read in each; None unless
+    they cover the whole collection and each was read whole, in one pass, by this run."""
     if not splittable(plan) or not copied:
         return None
     by_lower = {s.lower_ejson: s for s in copied if s.source_ns == plan.source_ns}
@@ -173,10 +188,10 @@ def copied_ranges(plan: CollectionPlan, copied: list[CopyStats]) -> tuple[list[C
     lower: str | None = None
     while len(ranges) < len(by_lower):
         s = by_lower.get(lower)
-        if s is None or s.already_done or s.read_digest is None or s.read_docs is None:
+        if s is None or s.already_done or s.read_hash is None or s.read_docs is None:
             return None
         ranges.append(CopyRange(plan=plan, lower_ejson=s.lower_ejson, upper_ejson=s.upper_ejson))
-        read.append(RangeDigest(s.read_docs, int(s.read_digest, 16), s.bytes))
+        read.append(CopiedRange(s.read_docs, s.read_hash, s.bytes))
         lower = s.upper_ejson
         if lower is None:
             break
@@ -430,15 +445,15 @@ def verify_collection(spec: MigrationSpec, plan: CollectionPlan, recheck_delay_s
                        for r in rngs]
             return [(s.result(), d.result()) for s, d in futures]
 
-        def digest_against_copy(rngs: list[CopyRange], read: list[RangeDigest]) -> list[tuple[RangeDigest, RangeDigest]]:
-            futures = [(pool.submit(count_range_ids, spec, r), pool.submit(digest_range, spec, r, "destination"))
+        def digest_against_copy(rngs: list[CopyRange], read: list[CopiedRange]) -> list[tuple[RangeDigest, RangeDigest]]:
+            futures = [(pool.submit(count_range_ids, spec, r), pool.submit(hash_range, spec, r, "destination"))
                        for r in rngs]
-            pairs = []
-            for r, copy_read, (count_f, dst_f) in zip(rngs, read, futures):
-                # the copy's digest stands for the source only where the index counts what it read
-                src = copy_read if count_f.result() == copy_read.count else digest_range(spec, r, "source")
-                pairs.append((src, dst_f.result()))
-            return pairs
+            equal = [count_f.result() == copy_read.docs and hash_f.result() == copy_read.hash
+                     for copy_read, (count_f, hash_f) in zip(read, futures)]
+            # a range where either differs is digested on both sides, as `verify` does, to be narrowed
+            unequal = iter(digest_all([r for r, same in zip(rngs, equal) if not same]))
+            return [(RangeDigest(c.docs, int(c.hash, 16), c.bytes),) * 2 if same else next(unequal)
+                    for c, same in zip(read, equal)]
 
         digests = digest_against_copy(*read_by_copy) if read_by_copy else digest_all(ranges)
         mismatched = [i for i, (s, d) in enumerate(digests) if s[:2] != d[:2]]
