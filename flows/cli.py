@@ -139,6 +139,10 @@ def _run(args) -> int:
 
     if not args.debug:
         _quiet_tracebacks()
+    # the flows' own imports while the server boots, not after
+    import flows.migrate  # noqa: F401
+    import flows.verify  # noqa: F401
+
     try:
         api = use_or_stop(server)
     except RuntimeError as exc:
