@@ -115,11 +115,6 @@ def add_approval_listener(callback: Callable[[str, float | None], None]) -> None
     _approval_listeners.append(callback)
 
 
-def remove_approval_listener(callback: Callable[[str, float | None], None]) -> None:
-    if callback in _approval_listeners:
-        _approval_listeners.remove(callback)
-
-
 class DelayReporter:
     """Logs the delay every few seconds and keeps the "sync-delay" artifact current, from a thread
     (the flow's own thread may be blocked in the approval pause). If the sync fails while the run
@@ -221,10 +216,8 @@ def _supersede(previous: dict, current: str | None, logger) -> None:
 
 
 def _notify_ready(spec: MigrationSpec, delay: float, logger) -> None:
-    try:
-        from tasks.notify import flow_run_url, notify_ready_for_cutover
-    except ImportError:  # Slack support not installed in this tree
-        return
+    from tasks.notify import flow_run_url, notify_ready_for_cutover
+
     try:
         notify_ready_for_cutover(spec, delay, flow_run_url())
     except Exception as exc:  # noqa: BLE001 - a notification never stops the migration

@@ -24,6 +24,7 @@ from tasks.sync.position import save_start_point_task
 from tasks.cutover import record_deferred_unique_task
 from flows.incremental import SyncReport, incremental_sync
 from flows.verify import VerificationReport, verify_plan
+from tasks.verify import CollectionVerification
 
 
 class PrecheckFailed(RuntimeError):
@@ -160,7 +161,6 @@ def migrate(spec: MigrationSpec) -> MigrationSummary:
 
 def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     """The migration's steps in order; the `migrate` flow around them tells Slack how it ended."""
-    started = time.monotonic()
     phases = PhaseClock()
     # Prefect's heartbeat thread checks once a second whether its flow run has ended, so a flow run
     # with one ends up to a second late. The precheck is a few seconds of reads inside this run,
@@ -181,12 +181,9 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         fut.result()
     phases.lap("prepare")
 
-    copy_started = time.monotonic()
     stats = full_copy(spec, data_plans)
-    copy_seconds = time.monotonic() - copy_started
     phases.lap("copy")
 
-    index_started = time.monotonic()
     # incremental: unique indexes are built without `unique` and made unique at cutover, once the
     # sync has settled the keys a copy of a live source may hold twice for a moment (tasks/schema.py)
     index_futures = build_indexes_task.map(unmapped(spec), data_plans, unmapped(spec.incremental))
@@ -195,7 +192,6 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     indexes = {r.target_ns: len(r.built) for r in index_results}
     if spec.incremental:
         record_deferred_unique_task(spec, index_results)
-    index_seconds = time.monotonic() - index_started
     phases.lap("indexes")
     sync = None
     if spec.incremental:
@@ -205,12 +201,8 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         if sync.status != "cut_over":
             # no cutover (approval timed out or declined): nothing to verify yet; the sync position
             # is saved and the run stays unfinished, so running the spec again continues the sync
-            return MigrationSummary(
-                spec_digest=spec.digest(), source=spec.source.display(),
-                destination=spec.destination.display(), resumed=run.resumed, collections=[], views=views,
-                docs=sum(s.docs for s in stats), bytes=sum(s.bytes for s in stats),
-                seconds=round(time.monotonic() - started, 3), copy_seconds=round(copy_seconds, 3),
-                index_seconds=round(index_seconds, 3), phases=phases.laps, counts_match=False, sync=sync)
+            return summarize(spec, run.resumed, plans=[], stats=stats, verified=None, indexes=indexes,
+                             views=views, phases=phases, sync=sync)
         plan = sync.plan or plan  # collections may have been created, dropped or renamed meanwhile
         data_plans = plan.data_plans
     # the last step: counts, every document's bytes, options, indexes and views (flows/verify.py). A
@@ -221,12 +213,8 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     phases.lap("verify")
     if not spec.incremental:
         flag_emptied_sources(verification, outcome.report.source_docs)
-    counts = verification.collections
-
-    summary = summarize(spec, run.resumed, data_plans, stats, counts, indexes, views,
-                        time.monotonic() - started, copy_seconds, index_seconds)
-    summary.sync = sync
-    summary.phases = phases.laps
+    summary = summarize(spec, run.resumed, plans=data_plans, stats=stats, verified=verification.collections,
+                        indexes=indexes, views=views, phases=phases, sync=sync)
     create_markdown_artifact(key="migration-summary", markdown=summary_markdown(summary),
                              description="What was migrated")
     if not summary.counts_match:
@@ -240,7 +228,7 @@ class PhaseClock:
 
     def __init__(self) -> None:
         self.laps: dict[str, float] = {}
-        self._last = time.monotonic()
+        self.started = self._last = time.monotonic()
 
     def lap(self, name: str) -> None:
         now = time.monotonic()
@@ -259,11 +247,15 @@ def flag_emptied_sources(verification: VerificationReport, precheck_docs: dict[s
                               "now, and none were copied: was it emptied or dropped during the migration?")
 
 
-def summarize(spec, resumed, plans, stats, counts, indexes, views, seconds, copy_seconds, index_seconds):
+def summarize(spec: MigrationSpec, resumed: bool, *, plans: list[CollectionPlan], stats: list[CopyStats],
+              verified: list[CollectionVerification] | None, indexes: dict[str, int], views: list[str],
+              phases: PhaseClock, sync: SyncReport | None) -> MigrationSummary:
+    """The summary of a run: per collection, what the copy moved and what verification counted
+    (`verified` None: the run ended before verification, a sync that was not cut over)."""
     by_ns: dict[str, list[CopyStats]] = {}
     for s in stats:
         by_ns.setdefault(s.source_ns, []).append(s)
-    count_by_ns = {c.source_ns: c for c in counts}
+    count_by_ns = {c.source_ns: c for c in verified or []}
     rows = []
     for p in plans:
         c = count_by_ns[p.source_ns]
@@ -277,10 +269,11 @@ def summarize(spec, resumed, plans, stats, counts, indexes, views, seconds, copy
     return MigrationSummary(
         spec_digest=spec.digest(), source=spec.source.display(), destination=spec.destination.display(),
         resumed=resumed, collections=rows, views=views,
-        docs=sum(r.copied_docs for r in rows), bytes=sum(r.bytes for r in rows),
-        seconds=round(seconds, 3), copy_seconds=round(copy_seconds, 3),
-        index_seconds=round(index_seconds, 3),
-        counts_match=all(c.equal for c in counts),
+        docs=sum(r.copied_docs for r in rows) if plans else sum(s.docs for s in stats),
+        bytes=sum(r.bytes for r in rows) if plans else sum(s.bytes for s in stats),
+        seconds=round(time.monotonic() - phases.started, 3), copy_seconds=phases.laps.get("copy", 0.0),
+        index_seconds=phases.laps.get("indexes", 0.0), phases=phases.laps,
+        counts_match=verified is not None and all(c.equal for c in verified), sync=sync,
     )
 
 

@@ -26,7 +26,8 @@ MAX_COLLECTION_BARS = 50
 
 
 class CopyProgress:
-    """Creates the progress artifacts, then `update(finished_ranges)` every PROGRESS_EVERY_S."""
+    """Creates the progress artifacts; `range_finished(ns)` as each range ends, `update()` every
+    PROGRESS_EVERY_S (and once at the end)."""
 
     def __init__(self, spec: MigrationSpec, ranges: list) -> None:
         self.spec = spec

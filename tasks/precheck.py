@@ -110,19 +110,12 @@ class PrecheckReport(BaseModel):
     def failed(self) -> list[CheckResult]:
         return [i for i in self.items if i.status == "failed"]
 
-    @property
-    def warnings(self) -> list[CheckResult]:
-        return [i for i in self.items if i.status == "warning"]
-
     def item(self, name: str) -> CheckResult:
         """The first row of that name (tests and callers look items up by name)."""
         for i in self.items:
             if i.name == name:
                 return i
         raise KeyError(f"no precheck item {name!r}: {[i.name for i in self.items]}")
-
-    def rows(self, prefix: str) -> list[CheckResult]:
-        return [i for i in self.items if i.name == prefix or i.name.startswith(prefix + ":")]
 
 
 def passed(name: str, detail: str) -> CheckResult:
@@ -135,11 +128,6 @@ def warning(name: str, detail: str, remedy: str) -> CheckResult:
 
 def failed(name: str, detail: str, remedy: str) -> CheckResult:
     return CheckResult(name=name, status="failed", detail=detail, remedy=remedy)
-
-
-def worst(rows: list[CheckResult]) -> Status:
-    order = {"passed": 0, "warning": 1, "failed": 2}
-    return max((r.status for r in rows), key=order.__getitem__, default="passed")
 
 
 def _refusal(exc: OperationFailure) -> str:

@@ -156,10 +156,6 @@ class ChangeSync:
     def stop(self) -> None:
         self._stop.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def wait_until_applied(self, cluster_time: Timestamp, timeout_s: float | None = None) -> bool:
         """Block until every change up to `cluster_time` is applied; False on timeout."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
