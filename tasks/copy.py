@@ -18,8 +18,8 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
 from datetime import datetime, timezone
+from typing import TypeVar
 
 import bson
 from bson import MaxKey
@@ -151,7 +151,7 @@ def _cut_ranges(spec: MigrationSpec, plan: CollectionPlan) -> list[CopyRange]:
     ]
 
 
-def prefetch(batches: Iterable[T], depth: int = 2) -> Iterator[T]:
+def _prefetch(batches: Iterable[T], depth: int = 2) -> Iterator[T]:
     """Read the next batches in a thread while the current one is written."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
@@ -406,7 +406,7 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     last_checkpoint = time.monotonic()
     # each batch is hashed by the reading thread (hashlib lets go of the GIL for long inputs), while the
     # previous one's insert is in flight
-    for stream in prefetch(read_hash.passing(batches)):
+    for stream in _prefetch(read_hash.passing(batches)):
         if not stream:
             continue
         # count what was inserted: after a resume, documents already there are not counted twice
