@@ -67,7 +67,8 @@ class MigrationSummary(BaseModel):
     seconds: float
     copy_seconds: float
     index_seconds: float
-    # wall seconds of each step, in the order they ran: precheck, prepare (run record, collections), copy, indexes, sync, verify
+    # wall seconds of each step, in the order they ran: precheck, prepare (run record, collections),
+    # copy, indexes, sync, verify
     phases: dict[str, float] = {}
     counts_match: bool
     sync: SyncReport | None = None  # incremental: the sync and its cutover

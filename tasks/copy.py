@@ -400,13 +400,15 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
             }}, upsert=True)
 
     docs_before, bytes_before = state.get("docs", 0), state.get("bytes", 0)
-    # the hash of one pass over the whole range (a resumed attempt's pass is not one)
+    # the hash of one pass over the whole range; a resumed attempt's pass is not one, and hashes nothing
     whole_range = not state.get("resume_from")
     read_hash, read_docs = StreamHash(), 0
+    if whole_range:
+        # each batch is hashed by the reading thread (hashlib lets go of the GIL for long inputs), while
+        # the previous one's insert is in flight
+        batches = read_hash.passing(batches)
     last_checkpoint = time.monotonic()
-    # each batch is hashed by the reading thread (hashlib lets go of the GIL for long inputs), while the
-    # previous one's insert is in flight
-    for stream in _prefetch(read_hash.passing(batches)):
+    for stream in _prefetch(batches):
         if not stream:
             continue
         # count what was inserted: after a resume, documents already there are not counted twice

@@ -1,9 +1,12 @@
 """Digests of documents: what verification computes of what it reads on either side, and the copy of
 what it reads.
 
-`digest_raw_batch`: the digest of a set of documents, in any order. It adds a 128-bit hash (BLAKE2b) of each document's raw BSON modulo 2**128. Addition does not
-depend on the order the two sides return documents in, and unlike XOR a document stored twice adds
-its hash twice instead of cancelling out, so neither a duplicate nor a missing+extra pair goes unseen.
+`digest_raw_batch`: the digest of a set of documents, in any order. It adds a 128-bit hash (BLAKE2b)
+of each document's raw BSON modulo 2**128. Addition does not depend on the order the two sides return
+documents in, and unlike XOR a document stored twice adds its hash twice instead of cancelling out, so
+neither a duplicate nor a missing+extra pair goes unseen.
+
+`StreamHash`: the hash of a range's bytes in the order read (what the copy keeps of a range).
 """
 from __future__ import annotations
 

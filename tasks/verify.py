@@ -186,20 +186,15 @@ def copied_ranges(plan: CollectionPlan, copied: list[CopyStats]) -> tuple[list[C
     by_lower = {s.lower_ejson: s for s in copied if s.source_ns == plan.source_ns}
     ranges, read = [], []
     lower: str | None = None
-    while len(ranges) < len(by_lower):
+    for _ in by_lower:  # follow the bounds from the open start: each range once, ending open
         s = by_lower.get(lower)
-        if s is None or s.already_done or s.read_hash is None or s.read_docs is None:
+        if s is None or (ranges and lower is None) or s.already_done or s.read_hash is None:
             return None
-        ranges.append(CopyRange(plan=plan, lower_ejson=s.lower_ejson, upper_ejson=s.upper_ejson))
+        ranges.append(CopyRange(plan=plan, index=len(ranges), total=len(by_lower),
+                                lower_ejson=s.lower_ejson, upper_ejson=s.upper_ejson))
         read.append(CopiedRange(s.read_docs, s.read_hash, s.bytes))
         lower = s.upper_ejson
-        if lower is None:
-            break
-    if lower is not None or len(ranges) != len(by_lower):
-        return None
-    for i, r in enumerate(ranges):
-        r.index, r.total = i, len(ranges)
-    return ranges, read
+    return (ranges, read) if lower is None else None
 
 
 def digest_range(spec: MigrationSpec, rng: CopyRange, side: Side) -> RangeDigest:
