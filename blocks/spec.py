@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
                       model_validator)
 
 from blocks.mongo import MongoConnection, MongoEndpoint
@@ -52,15 +52,24 @@ def collection_name_problem(name: str) -> str | None:
     return None
 
 
-# How long a loaded MongoEndpoint block is reused by the EndpointSpec that loaded it (see resolve())
-BLOCK_REUSE_S = 30.0
+# MongoEndpoint blocks loaded in this process, by block name: each is loaded from the Prefect API once
+# per run (forget_loaded_blocks() as a run starts), then never again. The sync resolves its endpoints
+# for every batch of changes; a load each time (~40 ms, more to a remote API) held it to ~30 changes/s,
+# and a Prefect API that is down for a minute must not stop it (the databases are all it needs).
+# Only plain connection settings are kept, in this process's memory: nothing Prefect stores.
+_loaded_blocks: dict[str, MongoConnection] = {}
+_loaded_blocks_lock = threading.Lock()
+
+
+def forget_loaded_blocks() -> None:
+    """Load MongoEndpoint blocks afresh: called as a run starts, so an edited block (a rotated
+    password) takes effect at the next run, and a resumed run, of the same spec."""
+    with _loaded_blocks_lock:
+        _loaded_blocks.clear()
 
 
 class EndpointSpec(MongoConnection):
     """A deployment given inline (URI and options) or by the name of a saved MongoEndpoint block."""
-
-    # (monotonic time loaded, the block's settings): see resolve()
-    _loaded_block: tuple[float, MongoConnection] | None = PrivateAttr(default=None)
 
     block: str | None = Field(
         None, title="MongoEndpoint block",
@@ -88,19 +97,15 @@ class EndpointSpec(MongoConnection):
     def resolve(self) -> MongoConnection:
         """Plain connection settings, with the block loaded and the environment read."""
         if self.block:
-            # every task step resolves its endpoints, the sync several times per batch of changes: a
-            # block loaded from the Prefect API each time (~40 ms a call) held a block-based sync to
-            # ~30 changes/s, behind a modest write load for good. The block is reused for a while
-            # instead; an edited block (a rotated password) still takes effect within BLOCK_REUSE_S
-            loaded = self._loaded_block
-            if loaded is not None and time.monotonic() - loaded[0] < BLOCK_REUSE_S:
-                conn = loaded[1]
-            else:
+            with _loaded_blocks_lock:
+                conn = _loaded_blocks.get(self.block)
+            if conn is None:
                 try:
                     conn = MongoEndpoint.load(self.block).connection()
                 except ValueError as exc:
                     raise SpecError(f"MongoEndpoint block {self.block!r} not found: save it first") from exc
-                self._loaded_block = (time.monotonic(), conn)
+                with _loaded_blocks_lock:
+                    conn = _loaded_blocks.setdefault(self.block, conn)
         else:
             fields = {name: getattr(self, name) for name in MongoConnection.model_fields}
             conn = MongoConnection.model_validate(fields)

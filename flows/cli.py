@@ -169,7 +169,7 @@ def _run_command(spec, args) -> int:
                 print(format_precheck(report))
             return EXIT_OK if report.passed else EXIT_BAD_INPUT
         if spec.incremental and sys.stdin.isatty():
-            from flows.incremental import add_approval_listener
+            from flows.approval import add_approval_listener
 
             add_approval_listener(_approval_prompt)
         summary = migrate(spec)
@@ -209,7 +209,7 @@ def _approval_prompt(run_id: str, delay: float | None) -> None:
     its pause meanwhile, and the Prefect UI or `mongo-migrate approve` still work)."""
 
     def ask() -> None:
-        from flows.incremental import approve_cutover
+        from flows.approval import approve_cutover
 
         # on stderr, with the log: stdout stays the summary (one JSON object with --json)
         print(f"\nReady for cutover (flow run {run_id}). Approve now? "
@@ -238,7 +238,7 @@ def _approve(args) -> int:
         _quiet_tracebacks()
     from prefect.settings import get_current_settings
 
-    from flows.incremental import ApprovalError, approve_cutover
+    from flows.approval import ApprovalError, approve_cutover
 
     if not get_current_settings().api.url:
         # without a server each process would start a temporary one of its own, which knows no run

@@ -11,32 +11,22 @@ import contextvars
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Callable, Literal
+from typing import Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
-from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterParentFlowRunId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run, resume_flow_run
-from prefect.input import RunInput
+from prefect.flow_runs import resume_flow_run
 from prefect.runtime import flow_run
 from prefect.states import Crashed
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from pymongo import ReturnDocument
 
 from blocks.spec import MigrationSpec
+from flows.approval import SYNC_FLOW_NAME, tell_approval_listeners, wait_for_approval
 from tasks.cutover import (
     CollectionCheck,
     block_source_writes_task,
@@ -58,22 +48,8 @@ from tasks.sync.position import (
     sync_state_collection,
 )
 
-SYNC_FLOW_NAME = "incremental-sync"
-APPROVAL_KEY = "cutover-approval"
-APPROVAL_POLL_S = 2
 REPORT_EVERY_S = 5.0
 DELAY_ARTIFACT = "sync-delay"
-
-
-class CutoverApproval(RunInput):
-    """The form a person fills in to approve (or decline) the cutover."""
-
-    approve: bool = Field(
-        True, title="Approve cutover",
-        description="Yes: stop source writes, drain the last changes, verify and end the sync. "
-        "No: end the sync now without cutover (running the spec again continues it).",
-    )
-    note: str = Field("", title="Note", description="Who decides and why; kept in the run's report.")
 
 
 class CutoverVerificationFailed(RuntimeError):
@@ -105,14 +81,6 @@ class SyncReport(BaseModel):
                 f"{len(self.checks)} collections checked (counts and {sum(c.sampled for c in self.checks)} "
                 f"sampled documents equal); source writes "
                 + ("blocked" if self.writes_blocked else "not blocked by mongo-migrate"))
-
-
-# The CLI's interactive prompt hears here that a run in this process waits for approval.
-_approval_listeners: list[Callable[[str, float | None], None]] = []
-
-
-def add_approval_listener(callback: Callable[[str, float | None], None]) -> None:
-    _approval_listeners.append(callback)
 
 
 class DelayReporter:
@@ -289,14 +257,11 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
         logger.info("ready for cutover (%s): approve in the Prefect UI (resume this flow run) or run "
                     "`mongo-migrate approve %s`", format_delay(delay, opts.ready_delay_s), run_id)
         _notify_ready(spec, delay, logger)
-        for listener in list(_approval_listeners):
-            listener(run_id, delay)
+        tell_approval_listeners(run_id, delay)
         reporter.paused_run = run_id
         try:
-            approval = pause_flow_run(
-                wait_for_input=CutoverApproval.with_initial_data(
-                    description=_approval_description(run_id, sync, spec)),
-                timeout=opts.approval_timeout_s, poll_interval=APPROVAL_POLL_S, key=APPROVAL_KEY)
+            approval = wait_for_approval(_approval_description(run_id, sync, spec), opts.approval_timeout_s,
+                                         lambda: sync.error, logger)
         except FlowPauseTimeout:
             reporter.paused_run = None
             logger.warning("no approval within %d s: the sync stops with its position saved; run the "
@@ -368,48 +333,3 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
         sync.stop()
         worker.join(30)
         reporter.stop()
-
-
-# -- finding the run that waits (for `mongo-migrate approve`) ---------------------------------------
-class ApprovalError(RuntimeError):
-    """No run, or more than one, waits for approval; the message says what to do."""
-
-
-def _paused(flow_run_filter: FlowRunFilter | None = None) -> FlowRunFilter:
-    state = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
-    if flow_run_filter is None:
-        return FlowRunFilter(state=state)
-    return flow_run_filter.model_copy(update={"state": state})
-
-
-def waiting_for_approval(run_id: str | None = None) -> list[FlowRun]:
-    """Sync runs paused for cutover approval: all of them, or the one given (a sync run's id, or the
-    id of the migrate run it belongs to)."""
-    flows = FlowFilter(name=FlowFilterName(any_=[SYNC_FLOW_NAME]))
-    with get_client(sync_client=True) as client:
-        if run_id is None:
-            runs = client.read_flow_runs(flow_filter=flows, flow_run_filter=_paused())
-        else:
-            try:
-                wanted = UUID(run_id)
-            except ValueError:
-                raise ApprovalError(f"{run_id!r} is not a flow run id (a UUID)") from None
-            runs = client.read_flow_runs(flow_filter=flows, flow_run_filter=_paused(
-                FlowRunFilter(id=FlowRunFilterId(any_=[wanted]))))
-            if not runs:
-                runs = client.read_flow_runs(flow_filter=flows, flow_run_filter=_paused(
-                    FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[wanted]))))
-    return [r for r in runs if r.state and r.state.state_details.pause_key == APPROVAL_KEY]
-
-
-def approve_cutover(run_id: str | None = None, *, approve: bool = True, note: str = "") -> FlowRun:
-    """Resume the run waiting for cutover approval with the person's answer."""
-    runs = waiting_for_approval(run_id)
-    if not runs:
-        which = f"flow run {run_id} is not" if run_id else "no run is"
-        raise ApprovalError(f"{which} waiting for cutover approval")
-    if len(runs) > 1:
-        raise ApprovalError(f"{len(runs)} runs wait for cutover approval; give one: "
-                            + ", ".join(f"{r.id} ({r.name})" for r in runs))
-    resume_flow_run(runs[0].id, run_input={"approve": approve, "note": note})
-    return runs[0]

@@ -11,7 +11,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from blocks.spec import MigrationSpec
+from blocks.spec import MigrationSpec, forget_loaded_blocks
 from flows.progress import PROGRESS_EVERY_S, CopyProgress
 from tasks.connect import check_connectivity_task
 from tasks.copy import CopyStats, copy_collection_range_task, split_collection_task
@@ -145,6 +145,7 @@ def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
 
 @flow(name="migrate", description="Full (and incremental) migration of a MongoDB deployment.")
 def migrate(spec: MigrationSpec) -> MigrationSummary:
+    forget_loaded_blocks()  # endpoint blocks are loaded once per run (blocks/spec.py)
     try:
         summary = migrate_steps(spec)
     except PrecheckFailed:

@@ -12,7 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, computed_field
 
-from blocks.spec import MigrationSpec
+from blocks.spec import MigrationSpec, forget_loaded_blocks
 from tasks.connect import check_connectivity_task
 from tasks.copy import CopyStats
 from tasks.namespaces import MigrationPlan, plan_namespaces_task
@@ -81,6 +81,7 @@ def verification_text(report: VerificationReport) -> str:
       "options, indexes, views.")
 def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
            recheck_delay_s: float = RECHECK_DELAY_S) -> VerificationReport:
+    forget_loaded_blocks()  # endpoint blocks are loaded once per run (blocks/spec.py)
     if plan is None:
         endpoints = [check_connectivity_task.submit(spec.source, "source"),
                      check_connectivity_task.submit(spec.destination, "destination")]

@@ -24,7 +24,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from blocks.spec import META_DATABASE
-from flows.incremental import approve_cutover
+from flows.approval import approve_cutover
 from sandbox.mongod import Mongod
 from tasks.copy import COPY_UNITS
 from tasks.sync.position import SYNC_STATE

@@ -276,7 +276,7 @@ def incremental(make, **options):
 # a 4.2.6 source and block endpoints in one variant: the 20 s outage makes each variant cost 35 s
 @pytest.mark.parametrize("endpoints", ["6.0.5", "4.2.6+blocks"], indirect=True)
 def test_sync_survives_a_destination_outage_and_a_source_restart(endpoints, dst_client):
-    from flows.incremental import approve_cutover, waiting_for_approval
+    from flows.approval import approve_cutover, waiting_for_approval
 
     source, dest, src_client = endpoints.source, endpoints.dest, endpoints.src_client
     src_client.shop.orders.insert_many([{"_id": i, "n": i} for i in range(500)])

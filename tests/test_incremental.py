@@ -15,7 +15,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-from flows.incremental import approve_cutover, waiting_for_approval
+from flows.approval import approve_cutover, waiting_for_approval
 from flows.migrate import migrate
 from tasks.sync.position import read_sync_state
 from tests.conftest import ROOT, assert_same_documents, index_specs, user_collections

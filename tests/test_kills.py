@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from flows.incremental import approve_cutover, waiting_for_approval
+from flows.approval import approve_cutover, waiting_for_approval
 from tests.conftest import META_DATABASE, ROOT, assert_same_documents, index_specs, insert_raw, user_collections
 from tests.load import SourceLoad, seed
 from tests.test_faults import write_spec
@@ -37,14 +37,14 @@ SCHEDULE = ["precheck"] * 3 + ["collections"] * 3 + ["copy"] * 4 + ["indexes"] *
 class Run:
     """`mongo-migrate run SPEC` in the background, its output read line by line as it comes."""
 
-    def __init__(self, prefect_api: str, spec_path: str, log_path=None) -> None:
+    def __init__(self, prefect_api: str, spec_path: str, log_path=None, env: dict | None = None) -> None:
         self.log = open(log_path, "w") if log_path else None
         self.started = datetime.now(timezone.utc)
         self.t0 = time.monotonic()
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "run", spec_path], cwd=ROOT, text=True,
-            env={**os.environ, "PREFECT_API_URL": prefect_api}, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from blocks.mongo import close_clients
-from flows.incremental import approve_cutover
+from flows.approval import approve_cutover
 from flows.migrate import flag_emptied_sources, migrate
 from flows.verify import VerificationReport
 from sandbox.mongod import Mongod

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 from pymongo.errors import OperationFailure
 
-from flows.incremental import approve_cutover
+from flows.approval import approve_cutover
 from flows.migrate import migrate
 from tasks.cutover import UNIQUE_PENDING
 from tasks.namespaces import plan_namespaces

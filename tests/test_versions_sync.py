@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 from pymongo import MongoClient
 
-from flows.incremental import approve_cutover
+from flows.approval import approve_cutover
 from flows.migrate import migrate
 from tasks.sync.position import read_sync_state
 from tests.conftest import assert_same_documents, collection_options, index_specs, make_spec, user_collections
