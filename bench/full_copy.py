@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
 
-from measure import add_data_set_args, data_set, run_cli_json  # noqa: E402  (bench/ is the script's directory)
-from sandbox.mongod import Mongod, free_port  # noqa: E402
+from measure import add_data_set_args, data_set, prefect_server, run_cli_json  # noqa: E402  (bench/ is the script's directory)
+from sandbox.mongod import Mongod  # noqa: E402
 from sandbox.sample_data import encoded_documents  # noqa: E402
 from tasks.common import RAW  # noqa: E402
 from tasks.copy import insert_raw_stream  # noqa: E402
@@ -86,23 +85,6 @@ def ceiling(src, dst, colls: list[str], workers: int) -> tuple[float, float]:
     index_s = build_indexes(dc, "ceiling", colls, workers)
     dc.drop_database("ceiling")
     return insert_s, index_s
-
-
-def prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port), "PREFECT_API_URL": url,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(1200):
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1):
-                return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    sys.exit("the Prefect server did not start")
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ after a backlog, peak RSS of the syncing process.
     .venv/bin/python bench/incremental.py                      # 60 s per step, 60 s backlog
     .venv/bin/python bench/incremental.py --step-seconds 10 --backlog-seconds 10
     .venv/bin/python bench/incremental.py --source-version 4.2.6 --source-version 6.0.5
+    .venv/bin/python bench/incremental.py --endpoints both --step-seconds 20 --backlog-seconds 20
 
 Two local mongods (source and destination replica sets, as in the tests) on this machine; the sync
 (tasks/sync/engine.py `ChangeSync`, as the incremental-sync flow runs it) in a process of its own, which
@@ -13,6 +14,11 @@ load at one rate; the last step runs it unthrottled (the generator's own ceiling
 A step "kept up" when the sync is caught up (delay 0) within 2 s of the load stopping.
 Then the sync is stopped, the load runs unthrottled for the backlog time, and the sync is started
 again from its checkpoint: catch-up rate = backlog changes / time to apply them.
+
+`--endpoints block` gives the sync its endpoints as saved MongoEndpoint blocks on a local `prefect
+server start` (as UI and deployment runs do), `--endpoints both` runs URIs then blocks on fresh
+mongods and prints the blocks' delay over the URIs' (target: p99 within 10%: each block is loaded once
+per run and process, so the Prefect API is on no path of the sync).
 
 `--source-version` (repeatable) runs the whole measurement once per source version, each on a fresh
 source and destination (the destination is always 6.0.5), one block of figures per version, then each
@@ -39,11 +45,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from measure import rss_mb  # noqa: E402  (bench/ is the script's directory)
+from measure import prefect_server, rss_mb  # noqa: E402  (bench/ is the script's directory)
 
 DOC_PAD = "x" * 900
 REFERENCE_VERSION = "6.0.5"  # the destination's, and what other source versions are compared with
 TARGET = 0.20  # other versions within 20% of 6.0.5
+ENDPOINTS_TARGET = 0.10  # block endpoints within 10% of URI endpoints
 
 
 # -- the sync, in its own process --------------------------------------------------------------------
@@ -76,11 +83,11 @@ def sync_worker(spec_json: str) -> None:
 
 
 class SyncProcess:
-    def __init__(self, spec: dict) -> None:
+    def __init__(self, spec: dict, env: dict | None = None) -> None:
         self.samples: list[dict] = []
         self.peak_rss_mb = 0.0
         self.proc = subprocess.Popen([sys.executable, __file__, "--sync-worker", json.dumps(spec)],
-                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -189,9 +196,11 @@ def fmt_ratio(r: float | None) -> str:
     return "n/a" if r is None else ("inf" if r == float("inf") else f"{r:.2f}")
 
 
-def measure(args: argparse.Namespace, version: str, several: bool) -> dict:
-    """One source version's run (a fresh source and destination); prints its block and returns its
-    figures."""
+def measure(args: argparse.Namespace, version: str, several: bool, endpoints: str = "uri",
+            prefect_api: str | None = None) -> dict:
+    """One source version's run (a fresh source and destination), the endpoints given by URI or as
+    saved MongoEndpoint blocks (on the Prefect server at `prefect_api`); prints its block and
+    returns its figures."""
     from pymongo import MongoClient
 
     from blocks.mongo import server_hello
@@ -204,7 +213,7 @@ def measure(args: argparse.Namespace, version: str, several: bool) -> dict:
     source = Mongod(work / "source", replset="src",
                     version=None if version == REFERENCE_VERSION else version).start()
     dest = Mongod(work / "dest", replset="dst").start()
-    figures: dict = {"version": version, "steps": []}
+    figures: dict = {"version": version, "endpoints": endpoints, "steps": []}
     try:
         src = MongoClient(source.uri())
         if several:
@@ -220,10 +229,25 @@ def measure(args: argparse.Namespace, version: str, several: bool) -> dict:
         spec = {"source": {"uri": source.uri()}, "destination": {"uri": dest.uri()},
                 "migration_types": ["full", "incremental"], "objects": [{"database": "bench"}],
                 "incremental_options": {"apply_workers": args.workers}}
+        env = dict(os.environ)
+        if endpoints == "block":
+            from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        save_start_point(parse_spec(spec), resumed=False)
+            from blocks.mongo import MongoEndpoint
+
+            with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+                MongoEndpoint(uri=source.uri()).save("bench-source", overwrite=True)
+                MongoEndpoint(uri=dest.uri()).save("bench-destination", overwrite=True)
+                spec.update(source={"block": "bench-source"}, destination={"block": "bench-destination"})
+                save_start_point(parse_spec(spec), resumed=False)
+            env["PREFECT_API_URL"] = prefect_api
+            print("== endpoints: saved MongoEndpoint blocks on a local Prefect server ==", flush=True)
+        else:
+            if several:
+                print("== endpoints: URIs ==", flush=True)
+            save_start_point(parse_spec(spec), resumed=False)
         load = Load(src, args.docs, threads=args.threads)
-        sync = SyncProcess(spec)
+        sync = SyncProcess(spec, env)
         sync.wait_caught_up(60)
         servers = (f"source and destination: MongoDB {REFERENCE_VERSION} replica sets" if not several else
                    f"source: MongoDB {version} replica set, destination: MongoDB {REFERENCE_VERSION} replica set")
@@ -262,7 +286,7 @@ def measure(args: argparse.Namespace, version: str, several: bool) -> dict:
         backlog_rate = load.run(None, args.backlog_seconds)
         backlog = load.ops - backlog_ops_before
         peak = sync.peak_rss_mb
-        sync = SyncProcess(spec)
+        sync = SyncProcess(spec, env)
         took = sync.wait_caught_up(600)
         sync.stop()
         # the rate from the sync's own samples: from its first report (process started, stream
@@ -296,8 +320,38 @@ def measure(args: argparse.Namespace, version: str, several: bool) -> dict:
     return figures
 
 
+def print_endpoint_ratios(results: list[dict]) -> None:
+    """Block endpoints' figures over URI endpoints' of the same source version in this run: the sync
+    loads each block once, so the target is the same delay (within ENDPOINTS_TARGET)."""
+    for block in (r for r in results if r["endpoints"] == "block"):
+        uri = next((r for r in results if r["endpoints"] == "uri" and r["version"] == block["version"]), None)
+        if uri is None:
+            continue
+        print(f"\n== source {block['version']}: block endpoints / URI endpoints, measured in this run "
+              f"(target: delay p99 within {ENDPOINTS_TARGET:.0%}) ==")
+        print(f"{'target ops/s':>12} {'achieved':>9} {'delay p50':>10} {'delay p99':>10} {'p99 s (uri, block)':>20}")
+        ref_steps = {s["step"]: s for s in uri["steps"]}
+        misses = []
+        for s in block["steps"]:
+            ref = ref_steps.get(s["step"])
+            if ref is None:
+                continue
+            r99 = ratio(s["p99"], ref["p99"])
+            print(f"{s['step']:>12} {fmt_ratio(ratio(s['achieved'], ref['achieved'])):>9} "
+                  f"{fmt_ratio(ratio(s['p50'], ref['p50'])):>10} {fmt_ratio(r99):>10} "
+                  f"{ref['p99']:>9.3f}, {s['p99']:.3f}")
+            # a p99 under 50 ms is below what this measure resolves (samples every 0.25 s)
+            if (r99 is None or r99 > 1 + ENDPOINTS_TARGET) and max(s["p99"], ref["p99"]) > 0.05:
+                misses.append(f"p99 at {s['step']} ({fmt_ratio(r99)})")
+        print(f"catch-up changes/s: {fmt_ratio(ratio(block.get('catch_up'), uri.get('catch_up')))}")
+        print(f"delay p99 within {ENDPOINTS_TARGET:.0%}: " + ("yes" if not misses else "NO: " + ", ".join(misses)),
+              flush=True)
+
+
 def print_ratios(results: list[dict]) -> None:
     """Each other version's figures over 6.0.5's of the same run, and whether they are within 20%."""
+    kind = results[0]["endpoints"]  # versions are compared with their endpoints given alike
+    results = [r for r in results if r["endpoints"] == kind]
     reference = next((r for r in results if r["version"] == REFERENCE_VERSION), None)
     others = [r for r in results if r["version"] != REFERENCE_VERSION]
     if not others:
@@ -353,15 +407,30 @@ def main() -> None:
     ap.add_argument("--source-version", action="append", dest="versions", metavar="VERSION",
                     help=f"source MongoDB version (repeatable: one run each, then ratios to "
                          f"{REFERENCE_VERSION}); default {REFERENCE_VERSION} only")
+    ap.add_argument("--endpoints", choices=["uri", "block", "both"], default="uri",
+                    help="how the sync is given its endpoints: URIs, saved MongoEndpoint blocks (a local "
+                         "`prefect server start` is run for them), or one run of each, then their ratios")
     args = ap.parse_args()
     versions = args.versions or [REFERENCE_VERSION]
-    several = versions != [REFERENCE_VERSION]
+    kinds = ["uri", "block"] if args.endpoints == "both" else [args.endpoints]
+    several = versions != [REFERENCE_VERSION] or len(kinds) > 1
     results = []
-    for i, version in enumerate(versions):
-        if i:
-            print()
-        results.append(measure(args, version, several))
+    server = None
+    with tempfile.TemporaryDirectory(prefix="bench-prefect-") as home:
+        if "block" in kinds:
+            server = prefect_server(Path(home))
+        try:
+            for version in versions:
+                for kind in kinds:
+                    if results:
+                        print()
+                    results.append(measure(args, version, several, kind, server[1] if server else None))
+        finally:
+            if server is not None:
+                server[0].terminate()
+                server[0].wait(30)
     print_ratios(results)
+    print_endpoint_ratios(results)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,3 +73,23 @@ def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,)) -
     if proc.returncode not in ok_codes:
         sys.exit(f"mongo-migrate {args[0]} failed ({proc.returncode}):\n{stderr[-3000:]}")
     return json.loads(stdout.strip().splitlines()[-1]), time.perf_counter() - t, peak, proc.returncode
+
+
+def prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free port, as a Prefect user runs one; returns (process, API URL)."""
+    from sandbox.mongod import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port), "PREFECT_API_URL": url,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(1200):
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("the Prefect server did not start")

@@ -10,11 +10,12 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, model_validator
 
-Event = Literal["precheck_failed", "migration_failed", "ready_for_cutover", "finished"]
+Event = Literal["precheck_failed", "migration_failed", "ready_for_cutover", "finished", "sync_alarm"]
 
 
 class SlackNotifier(Block):
-    """Slack messages about a migration: precheck failed, migration failed, ready for cutover, finished."""
+    """Slack messages about a migration: precheck failed, migration failed, ready for cutover, finished,
+    and the sync's alarms (behind, caught up again, oplog window low)."""
 
     _block_type_name = "SlackNotifier"
     _block_type_slug = "slacknotifier"
@@ -42,6 +43,11 @@ class SlackNotifier(Block):
     notify_migration_failed: bool = Field(True, title="Send 'migration failed'")
     notify_ready_for_cutover: bool = Field(True, title="Send 'ready for cutover'")
     notify_finished: bool = Field(True, title="Send 'migration finished'")
+    notify_sync_alarm: bool = Field(
+        True, title="Send sync alarms",
+        description="'sync behind' and 'caught up again' (incremental_options.delay_alarm_s), and "
+        "'oplog window low' (incremental_options.oplog_window_alarm_s).",
+    )
     timeout_s: float = Field(
         5.0, gt=0, le=60, title="Request timeout (s)",
         description="How long one request to Slack may take.",

@@ -9,10 +9,11 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+import re
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
+                      field_validator, model_validator)
 
 from blocks.mongo import MongoConnection, MongoEndpoint
 
@@ -184,6 +185,26 @@ class CopyOptions(BaseModel):
     )
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(s|m|h|d)?\s*", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value):
+    """Seconds from a number or a string such as "90", "90s", "15m", "24h", "2d"."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration: give seconds, or a number with s, m, h or d (e.g. 24h)")
+    if isinstance(value, (int, float)):
+        return value
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("not a duration: give seconds, or a number with s, m, h or d (e.g. 24h)")
+    return float(match.group(1)) * _UNIT_S[(match.group(2) or "s").lower()]
+
+
+# seconds, written as a number or with a unit ("15m", "24h") in a spec file or form
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
 class IncrementalOptions(BaseModel):
     """The incremental sync after the full copy, and the cutover; the defaults suit most deployments."""
 
@@ -221,6 +242,21 @@ class IncrementalOptions(BaseModel):
         100, ge=0, le=100_000, title="Documents compared per collection at cutover",
         description="Besides the counts, this many random documents per collection are compared "
         "byte for byte after the drain.",
+    )
+    delay_alarm_s: Duration | None = Field(
+        None, gt=0, title="Delay alarm (s)",
+        description="Tell Slack when the sync stays further behind than this (for delay_alarm_for_s), "
+        "and again when it has caught up; seconds or e.g. '5m'. Empty: no delay alarm.",
+        examples=[300],
+    )
+    delay_alarm_for_s: Duration = Field(
+        60, ge=0, title="Delay alarm after (s)",
+        description="How long the delay must stay over delay_alarm_s before the alarm is sent.",
+    )
+    oplog_window_alarm_s: Duration = Field(
+        24 * 3600, gt=0, title="Oplog window warning (s)",
+        description="Tell Slack when the time left before the source's oplog overwrites the sync's "
+        "position, at the current write rate, falls under this; seconds or e.g. '24h'.",
     )
 
 

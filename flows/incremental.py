@@ -2,24 +2,20 @@
 
 The sync (tasks/sync/engine.py `ChangeSync`) runs in a background thread for the whole subflow, because
 the approval pause blocks the flow's own thread: while the run waits for a person, changes keep flowing
-and the delay stays current (logged every few seconds and kept in the markdown artifact "sync-delay",
-updated in place).
+and the delay stays current (flows/progress.py `SyncReporter`: logged every few seconds, kept in the
+markdown artifact "sync-delay", sent as Prefect events, and the delay and oplog-window alarms).
 """
 from __future__ import annotations
 
 import contextvars
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import resume_flow_run
 from prefect.runtime import flow_run
 from prefect.states import Crashed
 from pydantic import BaseModel
@@ -27,6 +23,7 @@ from pymongo import ReturnDocument
 
 from blocks.spec import MigrationSpec
 from flows.approval import SYNC_FLOW_NAME, tell_approval_listeners, wait_for_approval
+from flows.progress import REPORT_EVERY_S, SyncReporter
 from tasks.cutover import (
     CollectionCheck,
     block_source_writes_task,
@@ -47,9 +44,6 @@ from tasks.sync.position import (
     source_cluster_time,
     sync_state_collection,
 )
-
-REPORT_EVERY_S = 5.0
-DELAY_ARTIFACT = "sync-delay"
 
 
 class CutoverVerificationFailed(RuntimeError):
@@ -81,73 +75,6 @@ class SyncReport(BaseModel):
                 f"{len(self.checks)} collections checked (counts and {sum(c.sampled for c in self.checks)} "
                 f"sampled documents equal); source writes "
                 + ("blocked" if self.writes_blocked else "not blocked by mongo-migrate"))
-
-
-class DelayReporter:
-    """Logs the delay every few seconds and keeps the "sync-delay" artifact current, from a thread
-    (the flow's own thread may be blocked in the approval pause). If the sync fails while the run
-    waits for approval, it ends the wait (approve: false, with the reason) so the failure surfaces."""
-
-    def __init__(self, sync: ChangeSync, spec: MigrationSpec, logger) -> None:
-        self.sync, self.spec, self.logger = sync, spec, logger
-        self.threshold = spec.incremental_options.ready_delay_s
-        self.phase = "catching up"
-        self.paused_run: str | None = None
-        self._stop = threading.Event()
-        self._last_events = sync.events_applied
-        self._last_time = time.monotonic()
-        self.artifact_id = create_markdown_artifact(
-            key=DELAY_ARTIFACT, markdown=self.markdown(), description="Incremental sync delay")
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
-                                        daemon=True, name="sync-delay-reporter")
-        self._thread.start()
-
-    def line(self) -> str:
-        now = time.monotonic()
-        rate = (self.sync.events_applied - self._last_events) / max(now - self._last_time, 1e-6)
-        self._last_events, self._last_time = self.sync.events_applied, now
-        return (f"sync delay: {format_delay(self.sync.delay_s, self.threshold)}; "
-                f"{self.sync.events_applied:,} changes applied ({rate:,.0f}/s); {self.phase}")
-
-    def markdown(self) -> str:
-        delay = self.sync.delay_s
-        return "\n".join([
-            f"# Sync delay: {format_delay(delay, self.threshold)}",
-            "",
-            "| | |", "|---|---|",
-            f"| delay (s) | {'-' if delay is None else f'{delay:.1f}'} |",
-            f"| ready for cutover at | ≤ {self.threshold:g} s |",
-            f"| phase | {self.phase} |",
-            f"| changes applied | {self.sync.events_applied:,} ({self.sync.ddl_applied} DDL) |",
-            f"| applied up to cluster time | {self.sync.position_time or '-'} |",
-            f"| updated | {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC |",
-        ])
-
-    def update(self) -> None:
-        self.logger.info(self.line())
-        try:
-            with get_client(sync_client=True) as client:
-                client.update_artifact(self.artifact_id, ArtifactUpdate(data=self.markdown()))
-        except Exception as exc:  # noqa: BLE001 - the UI's copy of the delay is not worth failing for
-            self.logger.debug("could not update the sync-delay artifact: %s", exc)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(REPORT_EVERY_S):
-            if self.sync.error is not None and self.paused_run:
-                self._withdraw(f"the sync failed: {self.sync.error}")
-            self.update()
-
-    def _withdraw(self, reason: str) -> None:
-        run, self.paused_run = self.paused_run, None
-        try:
-            resume_flow_run(UUID(run), run_input={"approve": False, "note": reason[:500]})
-        except Exception as exc:  # noqa: BLE001 - already resumed by a person
-            self.logger.debug("could not end the approval wait: %s", exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.update()
 
 
 def _mark_sync_started(spec: MigrationSpec, run_id: str | None, parent_id: str | None) -> dict:
@@ -237,7 +164,7 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
     worker = threading.Thread(target=contextvars.copy_context().run, args=(sync.run_recording_failure,),
                               daemon=True, name="incremental-sync")
     worker.start()
-    reporter = DelayReporter(sync, spec, logger)
+    reporter = SyncReporter(sync, spec, logger)
 
     def report(status: str, **extra) -> SyncReport:
         return SyncReport(status=status, events_applied=sync.events_applied, ddl_applied=sync.ddl_applied,

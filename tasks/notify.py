@@ -213,6 +213,15 @@ def finished_message(spec: "MigrationSpec", summary: Any,
     return text, blocks + run_link(run_url)
 
 
+def sync_alarm_message(spec: "MigrationSpec", title: str, detail: str,
+                       run_url: Optional[str]) -> tuple[str, list[dict]]:
+    """":warning: Sync behind" / "the sync is 4 min behind since 10:02 UTC", caught up again, oplog
+    window low."""
+    text = f"mongo-migrate: {detail}"
+    blocks = [header(title), section(f"{route(spec)}\n{escape(detail)}")]
+    return clip(text), blocks + run_link(run_url)
+
+
 def notify_precheck_failed(spec: "MigrationSpec", report: "PrecheckReport",
                            run_url: Optional[str]) -> bool:
     return notify(notifier_for(spec), "precheck_failed", *precheck_failed_message(spec, report, run_url))
@@ -229,6 +238,10 @@ def notify_ready_for_cutover(spec: "MigrationSpec", lag_seconds: float, run_url:
 
 def notify_finished(spec: "MigrationSpec", summary: Any, run_url: Optional[str]) -> bool:
     return notify(notifier_for(spec), "finished", *finished_message(spec, summary, run_url))
+
+
+def notify_sync_alarm(spec: "MigrationSpec", title: str, detail: str, run_url: Optional[str]) -> bool:
+    return notify(notifier_for(spec), "sync_alarm", *sync_alarm_message(spec, title, detail, run_url))
 
 
 def flow_run_url() -> Optional[str]:

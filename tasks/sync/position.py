@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from bson.timestamp import Timestamp
 from pydantic import BaseModel
 
-from blocks.mongo import open_client
+from blocks.mongo import MongoConnection, open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import step
-from tasks.precheck import RUNS
+from tasks.precheck import RUNS, read_oplog_window
 from tasks.sync.events import token_time
 from tasks.sync.sources import stream_has_ddl
 
@@ -90,6 +90,36 @@ def abandon_run(spec: MigrationSpec, reason: str) -> None:
 
 def source_cluster_time(spec: MigrationSpec) -> Timestamp:
     return open_client(spec.source.resolve()).admin.command("ping")["operationTime"]
+
+
+# the source's current write rate: the oplog entries of this many last seconds
+WRITE_RATE_WINDOW_S = 30
+
+
+def oplog_window_left_s(conn: MongoConnection, position: Timestamp,
+                        rate_window_s: float = WRITE_RATE_WINDOW_S) -> float | None:
+    """Seconds until the source's oplog would overwrite `position` (the sync's), at the source's
+    current write rate; None when nothing is written (the window does not shrink).
+
+    The oplog drops its oldest entries as new ones arrive once it is full: what stands between the
+    position and being dropped is the room left in the oplog plus the entries older than the
+    position. Entry bytes are taken as even over time (the oplog's average entry size) and the rate
+    is that of the last `rate_window_s` (a count of recent entries: the oplog is read from the
+    end, as the change stream reads it)."""
+    window = read_oplog_window(conn)
+    oplog = open_client(conn).local["oplog.rs"]
+    stats = next(oplog.aggregate([{"$collStats": {"storageStats": {}}}]))["storageStats"]
+    entries = int(stats.get("count", 0))
+    last = oplog.find_one({}, {"ts": 1}, sort=[("$natural", -1)])["ts"]
+    since = Timestamp(max(int(last.time - rate_window_s), 0), 0)
+    recent = oplog.count_documents({"ts": {"$gt": since}})
+    if not entries or not recent:
+        return None
+    rate_bytes = recent * (window.size_bytes / entries) / rate_window_s
+    first_s, last_s = window.first.timestamp(), window.last.timestamp()
+    older = 1.0 if last_s <= first_s else min(max((position.time - first_s) / (last_s - first_s), 0.0), 1.0)
+    room = max(window.max_bytes - window.size_bytes, 0)
+    return (room + older * window.size_bytes) / rate_bytes
 
 
 save_start_point_task = step(save_start_point)
