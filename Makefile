@@ -22,8 +22,11 @@ install: $(VENV)/.installed  ## .venv with the mongo-migrate CLI
 
 install-test: $(VENV)/.installed-test
 
+# two workers (pytest-xdist): most of a test's time is spent waiting on mongods, Prefect and CLI
+# processes, so two at once fit two cores (tests/conftest.py says how the tests are handed out)
+TEST_WORKERS ?= 2
 test: install-test browser  ## the whole suite, against real mongods
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: install-test  ## local source and destination mongods, sample data, a migration
 	$(BIN)/mongo-migrate demo

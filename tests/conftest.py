@@ -35,6 +35,22 @@ def prefect_api():
         yield get_current_settings().api.url
 
 
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup): each has its own mongods
+# and Prefect server. The longest tests are handed out first, so that neither worker is left with a
+# long one at the end; a module whose tests share a module-scoped fixture (a served Prefect, a set of
+# CLI runs) stays on one worker so that the fixture is set up once.
+LONGEST_FIRST = ["test_kills", "test_incremental", "test_prefect_outage", "test_faults", "test_cli", "test_ui",
+                 "test_destination_kills", "test_deployments", "test_alarms", "test_versions_sync"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(rank)))
+    for item in items:
+        if any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 def _drop_user_databases(m: Mongod) -> None:
     with m.client() as c:
         for name in c.list_database_names():
