@@ -1,4 +1,4 @@
-"""`mongo-migrate`: run, precheck, verify, approve and demo from a terminal.
+"""`mongo-migrate`: run, precheck, verify, approve, status and demo from a terminal.
 
 Exit codes: 0 success, 1 the migration failed, 2 bad input or a failed precheck, 3 verify found
 differences.
@@ -54,6 +54,8 @@ def _quiet_tracebacks() -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mongo-migrate", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--verbose", action="store_true",
+                   help="Prefect's log lines on the terminal (else in a log file, and progress drawn instead)")
     # subcommands take --debug too; SUPPRESS keeps their unset default from hiding `--debug run ...`
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "precheck, then migrate"), ("precheck", "only the precheck"),
@@ -62,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("spec", help="migration spec, YAML or JSON")
         c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        c.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="Prefect's log lines on the terminal (else in a log file)")
     sub.choices["verify"].add_argument(
         "--recheck-delay", type=float, default=None, metavar="SECONDS",
         help="wait this long before reading differing ranges again (default 5)")
@@ -72,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--reject", action="store_true",
                    help="decline: end the sync without cutover (running the spec again continues it)")
     a.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    st = sub.add_parser("status", help="where a migration of this spec stands (from any machine)")
+    st.add_argument("spec", help="migration spec, YAML or JSON")
+    st.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    st.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     d = sub.add_parser("demo", help="migrate sample data between two local mongods")
     d.add_argument("--dir", default=".demo", help="where the demo keeps its mongods and Prefect data")
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -139,6 +147,12 @@ def _run(args) -> int:
 
     if not args.debug:
         _quiet_tracebacks()
+    if not args.verbose:
+        from flows.terminal import log_file_for, send_info_to_file
+
+        log_path = log_file_for(args.command)
+        send_info_to_file(log_path)
+        print(f"mongo-migrate: log: {log_path} (--verbose: on the terminal)", file=sys.stderr, flush=True)
     # the flows' own imports while the server boots, not after
     import flows.migrate  # noqa: F401
     import flows.verify  # noqa: F401
@@ -157,7 +171,7 @@ def _run_command(spec, args) -> int:
 
     if args.command == "verify":
         return _verify(spec, args)
-    from flows.migrate import PrecheckFailed, migrate, precheck
+    from flows.migrate import PrecheckFailed, precheck
 
     try:
         if args.command == "precheck":
@@ -172,7 +186,7 @@ def _run_command(spec, args) -> int:
             from flows.approval import add_approval_listener
 
             add_approval_listener(_approval_prompt)
-        summary = migrate(spec)
+        summary = _migrate_showing_progress(spec, args)
     except PrecheckFailed as exc:
         if args.json:
             print(json.dumps({"status": "precheck_failed", "passed": False,
@@ -202,6 +216,23 @@ def _run_command(spec, args) -> int:
     else:
         print(format_summary(summary))
     return EXIT_OK
+
+
+def _migrate_showing_progress(spec, args):
+    from flows.migrate import migrate
+
+    if args.verbose:
+        return migrate(spec)
+    from flows.progress import add_progress_watcher, remove_progress_watcher
+    from flows.terminal import TerminalProgress
+
+    display = TerminalProgress()
+    add_progress_watcher(display)
+    try:
+        return migrate(spec)
+    finally:
+        remove_progress_watcher(display)
+        display.close()
 
 
 def _approval_prompt(run_id: str, delay: float | None) -> None:
@@ -259,6 +290,36 @@ def _approve(args) -> int:
     return EXIT_OK
 
 
+def _status(args) -> int:
+    """Reads the destination, the source and the Prefect API PREFECT_API_URL names; never starts a
+    temporary Prefect server (it would know no run)."""
+    from blocks.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    import prefect  # noqa: F401 - configures logging, which is then trimmed
+
+    if not args.debug:
+        _quiet_tracebacks()
+    from flows.status import NoRunError, read_status, status_text
+
+    try:
+        status = read_status(spec)
+    except (NoRunError, SpecError) as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if args.debug:
+            raise
+        _error(f"cannot read the migration's state on the destination: {one_line(exc)}")
+        return EXIT_FAILED
+    print(status.model_dump_json() if args.json else status_text(status))
+    return EXIT_OK
+
+
 def one_line(exc: BaseException) -> str:
     from pymongo.errors import PyMongoError
 
@@ -301,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "approve":
             return _approve(args)
+        if args.command == "status":
+            return _status(args)
         if args.command == "demo":
             from sandbox.demo import run_demo
 

@@ -25,6 +25,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.events import emit_event
 from prefect.flow_runs import resume_flow_run
+from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
 from blocks.mongo import open_client
@@ -41,6 +42,44 @@ FULL_COPY_KEY = "full-copy-progress"
 MAX_COLLECTION_BARS = 50
 
 
+class CollectionProgress(BaseModel):
+    source_ns: str
+    copied: int
+    expected: int
+    finished: bool
+
+
+class CopySnapshot(BaseModel):
+    """The full copy's progress as the terminal (flows/terminal.py) draws it."""
+
+    collections: list[CollectionProgress]
+    seconds: float  # since the copy started
+    docs_per_s: float
+    eta_s: float | None
+
+
+# What this process's terminal display listens to (flows/terminal.py, added by the CLI): objects with
+# copy_progress(CopySnapshot) and sync_progress(line: str, ready: bool).
+_watchers: list = []
+
+
+def add_progress_watcher(watcher) -> None:
+    _watchers.append(watcher)
+
+
+def remove_progress_watcher(watcher) -> None:
+    if watcher in _watchers:
+        _watchers.remove(watcher)
+
+
+def _tell_watchers(method: str, *args, **kwargs) -> None:
+    for watcher in list(_watchers):
+        try:
+            getattr(watcher, method)(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a display is never worth failing the migration for
+            log.debug("progress display failed: %s", exc)
+
+
 class CopyProgress:
     """Creates the progress artifacts; `range_finished(ns)` as each range ends, `update()` every
     PROGRESS_EVERY_S (and once at the end)."""
@@ -54,6 +93,7 @@ class CopyProgress:
             self.expected[r.plan.source_ns] += r.estimated_docs
             self.remaining[r.plan.source_ns] += 1
         self.copied: dict[str, int] = dict.fromkeys(self.plans, 0)
+        self.started = time.monotonic()
         self._destination = None
         total = sum(self.expected.values())
         start = 0.0 if ranges else 100.0  # nothing to copy is a finished copy
@@ -88,9 +128,26 @@ class CopyProgress:
                 continue
             # never 100 before the last range ends (the source estimate may be low)
             self.copied[ns] = min(count, max(self.expected[ns] - 1, 0))
+        snapshot = self.snapshot()
         for ns, artifact in self.bars.items():
             self._show(artifact, self._percent([ns]))
-        self._show(self.overall, self._percent(list(self.plans)))
+        eta = "" if snapshot.eta_s is None else f", about {format_duration(snapshot.eta_s)} left"
+        self._show(self.overall, self._percent(list(self.plans)),
+                   f"Full copy: {len(self.plans)} collection{'' if len(self.plans) == 1 else 's'}, "
+                   f"{sum(self.copied.values()):,} of about {sum(self.expected.values()):,} documents, "
+                   f"{snapshot.docs_per_s:,.0f} docs/s{eta}")
+        _tell_watchers("copy_progress", snapshot)
+
+    def snapshot(self) -> CopySnapshot:
+        copied, expected = sum(self.copied.values()), sum(self.expected.values())
+        seconds = max(time.monotonic() - self.started, 1e-6)
+        rate = copied / seconds
+        finished = all(self.remaining[ns] <= 0 for ns in self.plans)
+        eta = 0.0 if finished else (max(expected - copied, 0) / rate if rate > 0 else None)
+        return CopySnapshot(
+            collections=[CollectionProgress(source_ns=ns, copied=self.copied[ns], expected=self.expected[ns],
+                                            finished=self.remaining[ns] <= 0) for ns in self.plans],
+            seconds=seconds, docs_per_s=rate, eta_s=eta)
 
     def _percent(self, names: list[str]) -> float:
         if all(self.remaining[ns] <= 0 for ns in names):
@@ -100,10 +157,10 @@ class CopyProgress:
             return 0.0
         return min(99.9, 100.0 * sum(self.copied[ns] for ns in names) / expected)
 
-    def _show(self, artifact: UUID, percent: float) -> None:
+    def _show(self, artifact: UUID, percent: float, description: str | None = None) -> None:
         percent = round(percent, 1)
         if percent != self.shown[artifact]:
-            update_progress_artifact(artifact, percent)
+            update_progress_artifact(artifact, percent, description=description)
             self.shown[artifact] = percent
 
     def _target(self, plan):
@@ -188,6 +245,7 @@ class SyncReporter:
         self._stop = threading.Event()
         self._last_events = sync.events_applied
         self._last_time = time.monotonic()
+        self.rate = 0.0
         self.artifact_id = create_markdown_artifact(
             key=DELAY_ARTIFACT, markdown=self.markdown(), description="Incremental sync delay")
         self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
@@ -195,12 +253,14 @@ class SyncReporter:
         self._thread.start()
 
     def line(self) -> str:
-        now = time.monotonic()
-        rate = (self.sync.events_applied - self._last_events) / max(now - self._last_time, 1e-6)
-        self._last_events, self._last_time = self.sync.events_applied, now
         return (f"sync delay: {format_delay(self.sync.delay_s, self.threshold)}; "
-                f"{self.sync.events_applied:,} changes applied ({rate:,.0f}/s); "
+                f"{self.sync.events_applied:,} changes applied ({self.rate:,.0f}/s); "
                 f"oplog window left {format_duration(self.window_left_s)}; {self.phase}")
+
+    def _measure_rate(self) -> None:
+        now = time.monotonic()
+        self.rate = (self.sync.events_applied - self._last_events) / max(now - self._last_time, 1e-6)
+        self._last_events, self._last_time = self.sync.events_applied, now
 
     def markdown(self) -> str:
         delay = self.sync.delay_s
@@ -225,7 +285,10 @@ class SyncReporter:
 
     def update(self) -> None:
         self._read_oplog_window()
-        self.logger.info(self.line())
+        self._measure_rate()
+        line = self.line()
+        self.logger.info(line)
+        _tell_watchers("sync_progress", line, ready=self.phase.startswith("ready for cutover"))
         self._emit(SYNC_STATUS_EVENT)
         self._check_alarms()
         try:

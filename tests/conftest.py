@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"  # nor Prefect's client telemetry (no internet here; and its notice at a tty)
 # the session turns flow-run heartbeats off (prefect_api); a value from the environment would not matter
 os.environ.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
 
@@ -166,7 +167,7 @@ def run_cli(prefect_api):
     def run(*args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+            [sys.executable, "-m", "flows.cli", "--verbose", *args], capture_output=True, text=True,
             timeout=timeout, env=full_env, cwd=ROOT,
         )
 

@@ -13,6 +13,7 @@ from blocks.mongo import MongoConnection, close_clients
 from blocks.spec import SpecError, parse_spec
 from flows.approval import approve_cutover, waiting_for_approval
 from flows.migrate import migrate
+from flows.status import read_status
 from flows.progress import (
     DELAY_ALARM_EVENT,
     DELAY_RECOVERED_EVENT,
@@ -154,14 +155,23 @@ def test_delay_alarm_is_sent_when_the_destination_is_slow_and_cleared_when_it_is
             while ":white_check_mark: Sync caught up again" not in titles():
                 assert time.monotonic() < deadline, f"the alarm was not cleared: {titles()}"
                 time.sleep(0.2)
+            # `mongo-migrate status` meanwhile: the sync's own last report
+            waiting = read_status(spec)
         finally:
             writing.set()
             dst_client.admin.command("configureFailPoint", "failCommand", mode="off")
             for run in [r for r in waiting_for_approval() if r.created >= started]:
                 approve_cutover(str(run.id), approve=False, note="alarm test done")
             runner.join(60)
-            close_clients()
+        ended = read_status(spec)
+        close_clients()
     assert outcome and outcome[0].sync.status == "declined"
+    assert (waiting.stage, waiting.delay_from, waiting.flow_run_state) == ("waiting for approval", "sync", "RUNNING")
+    assert waiting.delay_s is not None and waiting.delay_s >= 0 and waiting.oplog_window_left_s > 3600
+    assert [(c.source_ns, c.docs_copied, c.done) for c in waiting.collections] == [("shop.orders", 200, True)]
+    assert waiting.changes_applied > 0 and waiting.applied_up_to
+    assert (ended.stage, ended.delay_from, ended.flow_run_state) == ("stopped without cutover", "saved position",
+                                                                     "COMPLETED")
     assert titles() == [":warning: Sync behind", ":white_check_mark: Sync caught up again"]
     behind = blocks_text(slack.messages()[[m["blocks"][0]["text"]["text"] for m in slack.messages()]
                                           .index(":warning: Sync behind")])

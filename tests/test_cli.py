@@ -89,6 +89,8 @@ def cli(source_server, dest_server, run_cli, tmp_path_factory):
         "unknown_key": ["run", spec_file("unknown_key", src_uri, dst_uri, copy_options={"paralel_workers": 2})],
         "unescaped_password": ["run", spec_file("unescaped", f"mongodb://admin:{UNESCAPED_PASSWORD}@127.0.0.1/",
                                                 dst_uri)],
+        "status_no_run": ["status", spec_file("status_none", src_uri, dst_uri, objects=[{"database": "cli_text"}],
+                                              name_mapping={"cli_text": "cli_never_migrated"})],
         "wrong_type": ["run", spec_file("wrong_type", src_uri, dst_uri, copy_options={"batch_docs": "lots"},
                                         objects=[{"database": "cli_text", "collections": "items"}])],
     }
@@ -102,6 +104,8 @@ def cli(source_server, dest_server, run_cli, tmp_path_factory):
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {name: pool.submit(timed, args) for name, args in commands.items()}
             outcomes = {name: f.result() for name, f in futures.items()}
+        # after the run it reports on
+        outcomes["status_json"] = timed(["status", commands["run_json"][1], "--json"])
         yield outcomes
     finally:
         auth.destroy()
@@ -126,6 +130,20 @@ def test_run_json_prints_one_json_object(cli):
     assert summary["views"] == ["cli_json.small"]
     [items] = summary["collections"]
     assert (items["source_ns"], items["target_docs"], items["indexes"]) == ("cli_json.items", 20, 1)
+
+
+def test_status_of_a_finished_run_and_of_a_spec_never_run(cli):
+    out = cli["status_json"]
+    assert out.code == 0, out.stderr[-3000:]
+    status = json.loads(out.stdout)
+    assert status["stage"] == "finished" and status["flow_run_state"] == "COMPLETED"
+    assert [(c["source_ns"], c["target_ns"], c["ranges_done"], c["ranges"], c["docs_copied"])
+            for c in status["collections"]] == [("cli_json.items", "cli_json.items", 1, 1, 20)]
+    assert status["delay_s"] is None and status["oplog_window_left_s"] is None and status["last_error"] is None
+    none = cli["status_no_run"]
+    assert none.code == 2 and none.stdout == ""
+    assert none.error.startswith("no run of this spec on the destination mongodb://") and \
+        none.error.endswith("start one with `mongo-migrate run SPEC`")
 
 
 def test_precheck_passes_with_access_control_and_never_prints_the_password(cli):

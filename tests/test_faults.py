@@ -59,7 +59,7 @@ def write_spec(path: Path, source, dest, **fields) -> Path:
 def start_cli(prefect_api: str, *args: str, env: dict | None = None) -> subprocess.Popen:
     """The real CLI in the background (run_cli in conftest waits for it to finish)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "flows.cli", "--verbose", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})},
     )
 

@@ -126,7 +126,7 @@ def spec_file(tmp_path, source, dest, **options) -> str:
 def start_cli(prefect_api, log_path, *args, **popen):
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     stdout = popen.pop("stdout") if "stdout" in popen else open(log_path, "w")
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "--verbose", *args], cwd=ROOT, env=env,
                             stdout=stdout, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -203,29 +203,4 @@ def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_cl
     threading.Thread(target=approver, daemon=True).start()
     summary = migrate(spec)
     assert summary.resumed and summary.sync.status == "cut_over" and summary.counts_match
-    assert_destination_equals_source(src_client, dst_client)
-
-
-def test_interactive_approval_at_the_terminal(source, dest, src_client, dst_client, prefect_api, tmp_path):
-    seed(src_client, docs=100)
-    path = spec_file(tmp_path, source, dest)
-    controller, terminal = os.openpty()
-    run = start_cli(prefect_api, None, "run", path, stdin=terminal, stdout=subprocess.PIPE)
-    os.close(terminal)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
-        wait_for(lambda: any("Approve now?" in line for line in lines), timeout=180, what="the prompt")
-        os.write(controller, b"y\n")
-        wait_for(lambda: any("Note (optional)" in line for line in lines), what="the note prompt")
-        os.write(controller, b"at the terminal\n")
-        assert run.wait(120) == 0, "".join(lines)[-3000:]
-    finally:
-        if run.poll() is None:
-            run.kill()
-        os.close(controller)
-    reader.join(10)
-    out = "".join(lines)
-    assert "cutover approved" in out and "incremental sync: cut over" in out
     assert_destination_equals_source(src_client, dst_client)

@@ -43,7 +43,7 @@ class Run:
         self.t0 = time.monotonic()
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", spec_path], cwd=ROOT, text=True,
+            [sys.executable, "-m", "flows.cli", "--verbose", "run", spec_path], cwd=ROOT, text=True,
             env={**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._reader = threading.Thread(target=self._read, daemon=True)
