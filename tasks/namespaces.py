@@ -15,14 +15,15 @@ from tasks.common import from_ejson, step, to_ejson
 
 Kind = Literal["collection", "timeseries", "view"]
 
-# collections the server keeps in `config` for sessions, transactions, tenant migrations and sharding:
-# they describe the source cluster itself and must never be written into another one
+# collections the server keeps in `config` for sessions, transactions, tenant migrations, sharding and
+# write blocking (setUserWriteBlockMode, which the cutover may use): they describe the source cluster
+# itself and must never be written into another one
 SERVER_CONFIG_COLLECTIONS = frozenset({
     "transactions", "image_collection", "external_validation_keys", "tenantMigrationDonors",
     "tenantMigrationRecipients", "shardMergeRecipients", "migrationCoordinators", "rangeDeletions",
     "actionlog", "changelog", "chunks", "collections", "databases", "lockpings", "locks", "migrations",
     "mongos", "placementHistory", "reshardingOperations", "settings", "shards", "tags", "version",
-    "vectorClock", "compactStructuredEncryptionCoordinator",
+    "vectorClock", "compactStructuredEncryptionCoordinator", "user_writes_critical_sections",
 })
 SERVER_CONFIG_PREFIXES = ("cache.", "localReshardingOperations.", "localReshardingConflictStash.")
 
