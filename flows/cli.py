@@ -130,23 +130,33 @@ def format_summary(s) -> str:
     return "\n".join(lines)
 
 
+def _read_spec(path: str):
+    """The spec, or None once its problem is told in one line."""
+    from blocks.spec import SpecError, load_spec
+
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        _error(str(exc))
+        return None
+
+
+def _set_up_logging(args) -> None:
+    import prefect  # noqa: F401 - configures logging, which is then trimmed
+
+    if not args.debug:
+        _quiet_tracebacks()
+
+
 def _run(args) -> int:
     from flows.temporary_server import start_early, use_or_stop
 
     # booting while this process imports and reads the spec (flows/temporary_server.py)
     server = start_early()
-    from blocks.spec import SpecError, load_spec
-
-    try:
-        spec = load_spec(args.spec)
-    except SpecError as exc:
-        _error(str(exc))
+    spec = _read_spec(args.spec)
+    if spec is None:
         return EXIT_BAD_INPUT
-
-    import prefect  # noqa: F401 - configures logging, which is then trimmed
-
-    if not args.debug:
-        _quiet_tracebacks()
+    _set_up_logging(args)
     if not args.verbose:
         from flows.terminal import log_file_for, send_info_to_file
 
@@ -263,10 +273,7 @@ def _approval_prompt(run_id: str, delay: float | None) -> None:
 
 
 def _approve(args) -> int:
-    import prefect  # noqa: F401 - configures logging, which is then trimmed
-
-    if not args.debug:
-        _quiet_tracebacks()
+    _set_up_logging(args)
     from prefect.settings import get_current_settings
 
     from flows.approval import ApprovalError, approve_cutover
@@ -293,17 +300,12 @@ def _approve(args) -> int:
 def _status(args) -> int:
     """Reads the destination, the source and the Prefect API PREFECT_API_URL names; never starts a
     temporary Prefect server (it would know no run)."""
-    from blocks.spec import SpecError, load_spec
+    from blocks.spec import SpecError
 
-    try:
-        spec = load_spec(args.spec)
-    except SpecError as exc:
-        _error(str(exc))
+    spec = _read_spec(args.spec)
+    if spec is None:
         return EXIT_BAD_INPUT
-    import prefect  # noqa: F401 - configures logging, which is then trimmed
-
-    if not args.debug:
-        _quiet_tracebacks()
+    _set_up_logging(args)
     from flows.status import NoRunError, read_status, status_text
 
     try:
