@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
                       field_validator, model_validator)
 
+from blocks.errors import SpecError
 from blocks.mongo import MongoConnection, MongoEndpoint
 
 if TYPE_CHECKING:
@@ -26,10 +27,6 @@ META_DATABASE = "mongo_migrate_meta"
 DB_NAME_FORBIDDEN = set('/\\. "$*<>:|?\0')
 MAX_DB_NAME_BYTES = 63
 MAX_NAMESPACE_BYTES = 255
-
-
-class SpecError(ValueError):
-    """The spec (or its file) is not valid; the message says what to fix, in one line."""
 
 
 def database_name_problem(name: str) -> str | None:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from blocks.errors import DeployError
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POOL = "mongo-migrate"
 OFF_PEAK_CRON = "0 2 * * *"
@@ -39,10 +41,6 @@ DEPLOYMENTS = (
     ("flows/migrate.py:migrate", "off-peak", True),
     ("flows/migrate.py:precheck", "on-demand", False),
 )
-
-
-class DeployError(RuntimeError):
-    """A setting is wrong; the message says which, in one line."""
 
 
 def default_spec() -> dict:

@@ -32,6 +32,8 @@ from prefect.runtime import flow_run
 from prefect.states import Paused
 from pydantic import Field
 
+from blocks.errors import ApprovalError
+
 SYNC_FLOW_NAME = "incremental-sync"
 APPROVAL_KEY = "cutover-approval"
 APPROVAL_POLL_S = 2
@@ -46,10 +48,6 @@ class CutoverApproval(RunInput):
         "No: end the sync now without cutover (running the spec again continues it).",
     )
     note: str = Field("", title="Note", description="Who decides and why; kept in the run's report.")
-
-
-class ApprovalError(RuntimeError):
-    """No run, or more than one, waits for approval; the message says what to do."""
 
 
 # The CLI's interactive prompt hears here that a run in this process waits for approval.

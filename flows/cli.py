@@ -1,7 +1,7 @@
 """`mongo-migrate`: run, precheck, verify, approve, status and demo from a terminal.
 
 Exit codes: 0 success, 1 the migration failed, 2 bad input or a failed precheck, 3 verify found
-differences.
+differences; an error's code comes from its type (blocks/errors.py).
 """
 from __future__ import annotations
 
@@ -177,11 +177,11 @@ def _run(args) -> int:
 
 
 def _run_command(spec, args) -> int:
-    from blocks.spec import SpecError
+    from blocks.errors import BadInput, PrecheckFailed
 
     if args.command == "verify":
         return _verify(spec, args)
-    from flows.migrate import PrecheckFailed, precheck
+    from flows.migrate import precheck
 
     try:
         if args.command == "precheck":
@@ -204,15 +204,15 @@ def _run_command(spec, args) -> int:
         else:
             print(format_precheck(exc.report))
         _error("precheck failed; nothing was written: " + ", ".join(i.name for i in exc.report.failed))
-        return EXIT_BAD_INPUT
-    except SpecError as exc:
+        return exc.exit_code
+    except BadInput as exc:  # e.g. a MongoEndpoint block that is not saved
         _error(str(exc))
-        return EXIT_BAD_INPUT
-    except Exception as exc:  # the flow's failure, reported in one line
+        return exc.exit_code
+    except Exception as exc:  # the flow's failure, reported in one line (blocks/errors.py: exit codes)
         if args.debug:
             raise
         _error(f"migration failed: {one_line(exc)}")
-        return EXIT_FAILED
+        return getattr(exc, "exit_code", EXIT_FAILED)
     if summary.sync is not None and summary.sync.status != "cut_over":
         # no cutover: approval timed out or was declined; the sync position is saved
         if args.json:
@@ -276,7 +276,8 @@ def _approve(args) -> int:
     _set_up_logging(args)
     from prefect.settings import get_current_settings
 
-    from flows.approval import ApprovalError, approve_cutover
+    from blocks.errors import BadInput
+    from flows.approval import approve_cutover
 
     if not get_current_settings().api.url:
         # without a server each process would start a temporary one of its own, which knows no run
@@ -285,9 +286,9 @@ def _approve(args) -> int:
         return EXIT_BAD_INPUT
     try:
         run = approve_cutover(args.run_id, approve=not args.reject, note=args.note)
-    except ApprovalError as exc:
+    except BadInput as exc:
         _error(str(exc))
-        return EXIT_BAD_INPUT
+        return exc.exit_code
     except Exception as exc:
         if args.debug:
             raise
@@ -300,19 +301,19 @@ def _approve(args) -> int:
 def _status(args) -> int:
     """Reads the destination, the source and the Prefect API PREFECT_API_URL names; never starts a
     temporary Prefect server (it would know no run)."""
-    from blocks.spec import SpecError
+    from blocks.errors import BadInput
 
     spec = _read_spec(args.spec)
     if spec is None:
         return EXIT_BAD_INPUT
     _set_up_logging(args)
-    from flows.status import NoRunError, read_status, status_text
+    from flows.status import read_status, status_text
 
     try:
         status = read_status(spec)
-    except (NoRunError, SpecError) as exc:
+    except BadInput as exc:
         _error(str(exc))
-        return EXIT_BAD_INPUT
+        return exc.exit_code
     except Exception as exc:
         if args.debug:
             raise
@@ -334,16 +335,16 @@ def one_line(exc: BaseException) -> str:
 
 
 def _verify(spec, args) -> int:
-    from blocks.spec import SpecError
-    from flows.verify import VerificationUnavailable, verification_text, verify
+    from blocks.errors import BadInput
+    from flows.verify import verification_text, verify
     from tasks.verify import RECHECK_DELAY_S
 
     delay = RECHECK_DELAY_S if args.recheck_delay is None else args.recheck_delay
     try:
         report = verify(spec, recheck_delay_s=delay)
-    except (VerificationUnavailable, SpecError) as exc:
+    except BadInput as exc:
         _error(f"cannot verify: {exc}")
-        return EXIT_BAD_INPUT
+        return exc.exit_code
     except Exception as exc:
         if args.debug:
             raise

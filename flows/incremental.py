@@ -21,6 +21,7 @@ from prefect.states import Crashed
 from pydantic import BaseModel
 from pymongo import ReturnDocument
 
+from blocks.errors import CutoverVerificationFailed, OplogWindowExceeded
 from blocks.spec import MigrationSpec
 from flows.approval import SYNC_FLOW_NAME, tell_approval_listeners, wait_for_approval
 from flows.progress import REPORT_EVERY_S, SyncReporter
@@ -39,15 +40,10 @@ from tasks.sync.ddl import recopy_collection
 from tasks.sync.engine import ChangeSync
 from tasks.sync.events import format_delay
 from tasks.sync.position import (
-    OplogWindowExceeded,
     abandon_run,
     source_cluster_time,
     sync_state_collection,
 )
-
-
-class CutoverVerificationFailed(RuntimeError):
-    pass
 
 
 class SyncReport(BaseModel):

@@ -11,6 +11,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from blocks.errors import PrecheckFailed, VerificationDiffers
 from blocks.spec import MigrationSpec, forget_loaded_blocks
 from flows.progress import PROGRESS_EVERY_S, CopyProgress
 from tasks.connect import check_connectivity_task
@@ -25,17 +26,6 @@ from tasks.cutover import record_deferred_unique_task
 from flows.incremental import SyncReport, incremental_sync
 from flows.verify import VerificationReport, verify_plan
 from tasks.verify import CollectionVerification
-
-
-class PrecheckFailed(RuntimeError):
-    def __init__(self, report: PrecheckReport) -> None:
-        self.report = report
-        names = ", ".join(f"{i.name} ({i.detail})" for i in report.failed)
-        super().__init__(f"precheck failed: {names}")
-
-
-class MigrationFailed(RuntimeError):
-    pass
 
 
 class PrecheckOutcome(BaseModel):
@@ -220,7 +210,7 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     create_markdown_artifact(key="migration-summary", markdown=summary_markdown(summary),
                              description="What was migrated")
     if not summary.counts_match:
-        raise MigrationFailed("verification found differences: " + verification.describe())
+        raise VerificationDiffers("verification found differences: " + verification.describe())
     finish_run_task(spec)
     return summary
 

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from blocks.errors import NoRunError
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from flows.progress import SYNC_STATUS_EVENT, format_duration
@@ -26,10 +27,6 @@ from tasks.sync.position import SYNC_STATE, oplog_window_left_s, ts_text
 # the sync reports every 5 s: a delay event older than this is not "now"
 FRESH_EVENT_S = 30
 _UNIT = re.compile(r"^(?P<ns>.+)#(?P<index>\d+)/(?P<total>\d+)$")
-
-
-class NoRunError(LookupError):
-    """The destination holds no run of this spec."""
 
 
 class CollectionStatus(BaseModel):

@@ -12,15 +12,12 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, computed_field
 
+from blocks.errors import VerificationUnavailable
 from blocks.spec import MigrationSpec, forget_loaded_blocks
 from tasks.connect import check_connectivity_task
 from tasks.copy import CopyStats
 from tasks.namespaces import MigrationPlan, plan_namespaces_task
 from tasks.verify import RECHECK_DELAY_S, CollectionVerification, verify_collection_task
-
-
-class VerificationUnavailable(RuntimeError):
-    """Verification could not start (an endpoint unreachable, a selected object missing)."""
 
 
 class VerificationReport(BaseModel):

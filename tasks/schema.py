@@ -6,6 +6,7 @@ import logging
 from pydantic import BaseModel
 from pymongo.errors import CollectionInvalid, OperationFailure
 
+from blocks.errors import UniqueConversionFailed
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
 from tasks.common import NAMESPACE_EXISTS, step, to_ejson
@@ -97,10 +98,6 @@ def build_indexes(spec: MigrationSpec, plan: CollectionPlan, defer_unique: bool 
 
 
 CANNOT_CONVERT_INDEX_TO_UNIQUE = 359
-
-
-class UniqueConversionFailed(RuntimeError):
-    """Documents on the destination share a key of an index that is unique on the source."""
 
 
 def unique_indexes_to_convert(spec: MigrationSpec, plan: CollectionPlan) -> list[str]:

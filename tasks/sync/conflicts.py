@@ -20,7 +20,8 @@ from pymongo.errors import BulkWriteError
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
 from tasks.common import DUPLICATE_KEY, RAW
-from tasks.sync.events import ChangeApplyError, DocWrite, Target
+from blocks.errors import ChangeApplyError
+from tasks.sync.events import DocWrite, Target
 from tasks.sync.position import sync_state_collection
 
 

@@ -12,6 +12,7 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
+from blocks.errors import ChangeApplyError
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
 from tasks.common import DUPLICATE_KEY, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND, RAW, to_ejson
@@ -19,7 +20,7 @@ from tasks.copy import insert_raw_stream
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 from tasks.schema import build_indexes, create_target_collection, create_views
 from tasks.sync.conflicts import UniqueConflicts
-from tasks.sync.events import (Action, ChangeApplyError, CreateCollection, CreateIndexes, DocWrite,
+from tasks.sync.events import (Action, CreateCollection, CreateIndexes, DocWrite,
                                DropCollection, DropDatabase, DropIndexes, ModifyCollection,
                                RecopyCollection, RenameCollection, Target)
 

@@ -24,15 +24,16 @@ from typing import Any, Callable
 from bson.timestamp import Timestamp
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
+from blocks.errors import ChangeApplyError, OplogWindowExceeded
 from blocks.mongo import open_client, server_hello
 from blocks.spec import MigrationSpec
 from tasks.common import DUPLICATE_KEY
 from tasks.namespaces import NamespaceMapper
 from tasks.sync.conflicts import UniqueConflicts, target_collection
 from tasks.sync.ddl import DestinationDDL
-from tasks.sync.events import (Action, Batch, ChangeApplyError, DocWrite, Target, change_stream_pipeline,
+from tasks.sync.events import (Action, Batch, DocWrite, Target, change_stream_pipeline,
                                partition_writes, plan_change, token_time, transaction_of, wall_seconds)
-from tasks.sync.position import OplogWindowExceeded, read_sync_state, sync_state_collection, ts_text
+from tasks.sync.position import read_sync_state, sync_state_collection, ts_text
 from tasks.sync.sources import OplogDDL, stream_has_ddl
 
 log = logging.getLogger("mongo_migrate.changes")

@@ -53,10 +53,6 @@ Target = tuple[str, str]
 
 
 # raised where changes are applied (engine, conflicts, ddl); defined here, below all three
-class ChangeApplyError(RuntimeError):
-    """The destination refused a change for another reason than a passing unique-key conflict."""
-
-
 @dataclass(slots=True)
 class DocWrite:
     """The whole state of one document: `doc` to upsert, or None to delete."""

@@ -23,16 +23,6 @@ from tasks.sync.sources import stream_has_ddl
 SYNC_STATE = "sync_state"  # one document per spec digest in META_DATABASE
 
 
-class OplogWindowExceeded(RuntimeError):
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(
-            "the sync position is no longer in the source's oplog (the oplog window was exceeded"
-            + (f": {detail}" if detail else "")
-            + "); run the full migration again (drop the target collections or set "
-            "copy_options.drop_existing_targets: true) and give the source a bigger oplog"
-        )
-
-
 class SyncStart(BaseModel):
     cluster_time: str  # "seconds.increment"
     kept: bool  # an earlier attempt's start point (and position) was kept
