@@ -27,23 +27,20 @@ from flows.approval import SYNC_FLOW_NAME, tell_approval_listeners, wait_for_app
 from flows.progress import REPORT_EVERY_S, SyncReporter
 from tasks.cutover import (
     CollectionCheck,
+    abandon_run_task,
     block_source_writes_task,
     check_collection_task,
     drain_point_task,
     forget_deferred_unique,
     pending_unique,
-    unblock_source_writes,
+    recopy_collection_task,
+    unblock_source_writes_task,
 )
 from tasks.namespaces import MigrationPlan, plan_namespaces_task
 from tasks.schema import convert_to_unique_task
-from tasks.sync.ddl import recopy_collection
 from tasks.sync.engine import ChangeSync
 from tasks.sync.events import format_delay
-from tasks.sync.position import (
-    abandon_run,
-    source_cluster_time,
-    sync_state_collection,
-)
+from tasks.sync.position import source_cluster_time, sync_state_collection
 
 
 class SyncReport(BaseModel):
@@ -218,7 +215,7 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
             final_plan = plan_namespaces_task(spec)
             for p in final_plan.data_plans:
                 if p.kind == "timeseries":
-                    n = recopy_collection(spec, (p.source_db, p.source_name), (p.target_db, p.target_name))
+                    n = recopy_collection_task(spec, (p.source_db, p.source_name), (p.target_db, p.target_name))
                     logger.info("cutover: copied time-series %s again (%d buckets)", p.source_ns, n)
             # no change is applied any more: the unique indexes built without `unique` after the copy
             # can be made unique now (a duplicate left would fail here, with its _ids)
@@ -239,7 +236,7 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
                                                 + "; ".join(c.describe() for c in bad[:5]) + hint)
         except BaseException:
             if block.blocked:
-                unblock_source_writes(spec)
+                unblock_source_writes_task(spec)
                 logger.warning("cutover failed: user writes on the source are unblocked again")
             raise
         _mark_sync_status(spec, "cut_over")
@@ -250,7 +247,7 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
         logger.info(result.describe())
         return result
     except OplogWindowExceeded as exc:
-        abandon_run(spec, str(exc))
+        abandon_run_task(spec, str(exc))
         raise
     finally:
         sync.stop()

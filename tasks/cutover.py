@@ -1,8 +1,10 @@
-"""Step 5, the end: the cutover after approval.
+"""Step 5, the end: the cutover after approval, as tasks the incremental-sync flow composes.
 
 Block user writes on the source (when the spec allows it and the account may), take the drain point
-(the source's cluster time once writes have stopped), and check every collection after the drain:
-exact counts and a sample of documents compared byte for byte.
+(the source's cluster time once writes have stopped), copy time-series collections again (they have no
+change events), and check every collection after the drain: exact counts and a sample of documents
+compared byte for byte. Unblock the source's writes when the cutover fails; mark the run abandoned when
+its sync position left the oplog.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from blocks.spec import MigrationSpec
 from tasks.common import RAW, UNAUTHORIZED, step, to_ejson
 from tasks.namespaces import CollectionPlan
 from tasks.schema import IndexResult
-from tasks.sync.position import sync_state_collection
+from tasks.sync.ddl import recopy_collection
+from tasks.sync.position import abandon_run, sync_state_collection
 
 log = logging.getLogger("mongo_migrate.cutover")
 
@@ -150,3 +153,6 @@ record_deferred_unique_task = step(record_deferred_unique)
 block_source_writes_task = step(block_source_writes, retries=0)
 drain_point_task = step(drain_point)
 check_collection_task = step(check_collection)
+unblock_source_writes_task = step(unblock_source_writes)
+recopy_collection_task = step(recopy_collection)  # drops the target first: a retry starts over
+abandon_run_task = step(abandon_run)
