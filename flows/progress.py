@@ -117,6 +117,8 @@ class CopyProgress:
         self.remaining[source_ns] -= 1
 
     def update(self) -> None:
+        """Read the target collections' document counts, move the bars (the overall one's description
+        with docs/s and the time left), and tell this process's terminal display."""
         for ns, plan in self.plans.items():
             if self.remaining[ns] <= 0:
                 self.copied[ns] = max(self.copied[ns], self.expected[ns])
