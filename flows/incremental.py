@@ -40,7 +40,8 @@ from tasks.namespaces import MigrationPlan, plan_namespaces_task
 from tasks.schema import convert_to_unique_task
 from tasks.sync.engine import ChangeSync
 from tasks.sync.events import format_delay
-from tasks.sync.position import source_cluster_time, sync_state_collection
+from tasks.state import sync_state_collection
+from tasks.sync.position import source_cluster_time
 
 
 class SyncReport(BaseModel):

@@ -19,10 +19,9 @@ from blocks.errors import NoRunError
 from blocks.mongo import open_client
 from blocks.spec import META_DATABASE, MigrationSpec
 from flows.progress import SYNC_STATUS_EVENT, format_duration
-from tasks.copy import COPY_UNITS
-from tasks.precheck import RUNS
+from tasks.state import COPY_UNITS, RUNS, SYNC_STATE
 from tasks.sync.events import format_delay
-from tasks.sync.position import SYNC_STATE, oplog_window_left_s, ts_text
+from tasks.sync.position import oplog_window_left_s, ts_text
 
 # the sync reports every 5 s: a delay event older than this is not "now"
 FRESH_EVENT_S = 30

@@ -10,6 +10,8 @@ from bson.raw_bson import RawBSONDocument
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from blocks.errors import MigrationError
+
 # documents travel as raw bytes: never decoded, never re-encoded. A value that is decoded (an _id)
 # keeps dates outside datetime's years 1-9999 as DatetimeMS instead of failing
 RAW = CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
@@ -43,12 +45,22 @@ def from_ejson(text: str) -> Any:
     return json_util.loads(text, json_options=_CANONICAL)
 
 
+def worth_retrying(task, task_run, state) -> bool:
+    """One of mongo-migrate's own errors (blocks/errors.py: a document the destination refused, state
+    written by a newer version, ...) would only happen again: fail at once, saying why. Any other
+    failure (network, failover, timeout) may pass and is retried."""
+    return not isinstance(state.data, MigrationError)
+
+
 def step(fn: Callable | None = None, *, retries: int = 2, retry_delay_seconds: Any = (1, 5, 15), **kw):
     """Declare a migration step as a Prefect task.
 
-    Results are plain values and idempotent steps are retried; nothing is cached, because a step's
-    outcome depends on the databases, not only on its arguments.
+    Results are plain values and idempotent steps are retried, unless they failed with one of
+    mongo-migrate's own errors (worth_retrying); nothing is cached, because a step's outcome depends
+    on the databases, not only on its arguments.
     """
+    kw.setdefault("retry_condition_fn", worth_retrying)
+
     def wrap(f: Callable):
         return task(
             f,

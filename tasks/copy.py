@@ -32,18 +32,16 @@ from pymongo.errors import BulkWriteError, WriteConcernError
 
 from blocks.errors import DocumentWriteError
 from blocks.mongo import open_client
-from blocks.spec import META_DATABASE, MigrationSpec
+from blocks.spec import MigrationSpec
 from tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson
 from tasks.digest import StreamHash
 from tasks.namespaces import CollectionPlan
+from tasks.state import COPY_RANGES, COPY_UNITS, SKIPPED_DOCUMENTS, state_collection
 
 log = logging.getLogger("mongo_migrate.copy")
 T = TypeVar("T")
 
 CHECKPOINT_EVERY_S = 5.0
-COPY_UNITS = "copy_units"
-SKIPPED_DOCUMENTS = "skipped_documents"  # refused documents left out under on_document_error: skip
-COPY_RANGES = "copy_ranges"  # the _id ranges each collection was cut into, kept for reruns
 
 
 class CopyRange(BaseModel):
@@ -100,7 +98,7 @@ def split_collection(spec: MigrationSpec, plan: CollectionPlan, remember: bool =
     """
     if not remember:
         return _cut_ranges(spec, plan)
-    saved = open_client(spec.destination.resolve())[META_DATABASE][COPY_RANGES]
+    saved = state_collection(spec, COPY_RANGES)
     key = f"{spec.digest()}:{plan.source_ns}"
     found = saved.find_one({"_id": key})
     if found is None:
@@ -331,7 +329,7 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     stats = CopyStats(unit_id=rng.unit_id, source_ns=plan.source_ns, target_ns=plan.target_ns,
                       lower_ejson=rng.lower_ejson, upper_ejson=rng.upper_ejson)
     dest = open_client(spec.destination.resolve())
-    units = dest[META_DATABASE][COPY_UNITS]
+    units = state_collection(spec, COPY_UNITS)
     key = f"{spec.digest()}:{rng.unit_id}"
     state = units.find_one({"_id": key}) or {}
     if state.get("done"):
@@ -379,7 +377,7 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
         batches = with_max_key(batches, source)
     skip_refused = None
     if spec.copy_options.on_document_error == "skip":
-        skipped = dest[META_DATABASE][SKIPPED_DOCUMENTS]
+        skipped = state_collection(spec, SKIPPED_DOCUMENTS)
 
         def skip_refused(doc_id: object, error: dict) -> None:
             stats.skipped += 1
@@ -430,12 +428,6 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     return stats
 
 
-def _worth_retrying(task, task_run, state) -> bool:
-    """A document the destination refused is refused again on retry: fail at once, saying which.
-    Any other failure (network, failover, timeout) may be transient and is retried."""
-    return not isinstance(state.data, DocumentWriteError)
-
-
 split_collection_task = step(split_collection)
-copy_collection_range_task = step(copy_collection_range, retries=3, retry_delay_seconds=(2, 10, 30),
-                                  retry_condition_fn=_worth_retrying)
+# a refused document fails at once (tasks/common.py worth_retrying); an outage gets 3 tries over ~40 s
+copy_collection_range_task = step(copy_collection_range, retries=3, retry_delay_seconds=(2, 10, 30))

@@ -20,7 +20,7 @@ from tasks.common import RAW, UNAUTHORIZED, step, to_ejson
 from tasks.namespaces import CollectionPlan
 from tasks.schema import IndexResult
 from tasks.sync.ddl import recopy_collection
-from tasks.sync.position import abandon_run, sync_state_collection
+from tasks.state import abandon_run, sync_state_collection
 
 log = logging.getLogger("mongo_migrate.cutover")
 

@@ -44,12 +44,12 @@ from tasks.common import (COLLSTATS_NOT_FOUND_42, COMMAND_NOT_SUPPORTED_ON_VIEW,
 from tasks.connect import EndpointInfo, describe_connection_error
 from tasks.copy import document_offsets
 from tasks.namespaces import CollectionPlan, MigrationPlan, NamespaceMapper, plan_namespaces
+from tasks.state import resumable_run
 from tasks.sync.sources import stream_has_ddl
 
 log = logging.getLogger("mongo_migrate.precheck")
 
 Status = Literal["passed", "warning", "failed"]
-RUNS = "runs"
 
 SOURCE_CONNECTIVITY = "source connectivity"
 DESTINATION_CONNECTIVITY = "destination connectivity"
@@ -1083,12 +1083,6 @@ def check_name_mapping(spec: MigrationSpec, plan: MigrationPlan) -> CheckResult:
                       "map those to other names in name_mapping")
     renamed = sum(1 for p in plan.collections if p.source_ns != p.target_ns)
     return passed(name, f"{len(by_target)} target namespaces ({renamed} renamed), no conflict")
-
-
-def resumable_run(spec: MigrationSpec) -> dict | None:
-    """The state of an unfinished earlier run of this same spec, if the destination has one."""
-    dest = open_client(spec.destination.resolve())
-    return dest[META_DATABASE][RUNS].find_one({"_id": spec.digest(), "finished": {"$ne": True}})
 
 
 @check_item(TARGET_NAMESPACES)

@@ -36,13 +36,14 @@ from pymongo import ASCENDING, CursorType
 from pymongo.collection import Collection
 
 from blocks.mongo import open_client
-from blocks.spec import META_DATABASE, MigrationSpec
+from blocks.spec import MigrationSpec
 from tasks.common import RAW, from_ejson, step, to_ejson
 from tasks.digest import DIGEST_MOD, StreamHash, digest_raw_batch, document_hash
-from tasks.copy import (SKIPPED_DOCUMENTS, CopyRange, CopyStats, document_offsets, splittable, split_collection,
+from tasks.copy import (CopyRange, CopyStats, document_offsets, splittable, split_collection,
                         with_max_key)
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 from tasks.schema import map_view_pipeline, view_source_name
+from tasks.state import SKIPPED_DOCUMENTS, state_collection
 
 Side = Literal["source", "destination"]
 SIDES: tuple[Side, Side] = ("source", "destination")
@@ -403,7 +404,7 @@ def recheck_differences(spec: MigrationSpec, plan: CollectionPlan, found: _Range
 def _recorded_skips(spec: MigrationSpec, plan: CollectionPlan, elements: list[bytes]) -> set[bytes]:
     if not elements:
         return set()
-    records = open_client(spec.destination.resolve())[META_DATABASE][SKIPPED_DOCUMENTS]
+    records = state_collection(spec, SKIPPED_DOCUMENTS)
     keys = {skipped_key(id_value(e, raw_documents=False)): e for e in elements}
     recorded = records.find({"run": spec.digest(), "target_ns": plan.target_ns,
                              "id_ejson": {"$in": list(keys)}}, {"id_ejson": 1})

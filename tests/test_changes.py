@@ -15,7 +15,7 @@ from pymongo import DeleteOne, ReplaceOne
 from blocks.spec import META_DATABASE, parse_spec
 from tasks.common import RAW
 from tasks.namespaces import plan_namespaces
-from tasks.precheck import resumable_run
+from tasks.state import abandon_run, read_sync_state, resumable_run, sync_state_collection
 from tasks.state import start_run
 from tasks.sync.engine import ChangeSync
 from tasks.sync.events import (
@@ -36,14 +36,8 @@ from tasks.sync.events import (
     token_time,
     transaction_of,
 )
-from tasks.sync.position import (
-    OplogWindowExceeded,
-    abandon_run,
-    read_sync_state,
-    save_start_point,
-    source_cluster_time,
-    sync_state_collection,
-)
+from blocks.errors import OplogWindowExceeded
+from tasks.sync.position import save_start_point, source_cluster_time
 from tasks.namespaces import NamespaceMapper
 from tests.conftest import assert_same_documents, index_specs, user_collections
 

@@ -13,7 +13,9 @@ from blocks.mongo import close_clients
 from blocks.spec import META_DATABASE
 from flows.migrate import migrate
 from sandbox.mongod import Mongod
-from tasks.copy import COPY_UNITS, CopyRange, DocumentWriteError, copy_collection_range
+from blocks.errors import DocumentWriteError
+from tasks.copy import CopyRange, copy_collection_range
+from tasks.state import COPY_UNITS
 from tasks.namespaces import plan_namespaces
 from tasks.verify import hash_range
 from tests.conftest import assert_same_documents, insert_raw, make_spec, raw_documents

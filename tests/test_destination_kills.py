@@ -26,8 +26,7 @@ from pymongo.errors import PyMongoError
 from blocks.spec import META_DATABASE
 from flows.approval import approve_cutover
 from sandbox.mongod import Mongod
-from tasks.copy import COPY_UNITS
-from tasks.sync.position import SYNC_STATE
+from tasks.state import COPY_UNITS, SYNC_STATE
 from tests.conftest import ROOT, assert_same_documents, index_specs, user_collections
 from tests.test_faults import write_spec
 from tests.load import SourceLoad, seed

@@ -31,7 +31,7 @@ from bson.raw_bson import RawBSONDocument
 from blocks.mongo import close_clients
 from blocks.spec import META_DATABASE, load_spec
 from sandbox.mongod import Mongod, free_port
-from tasks.copy import COPY_UNITS, SKIPPED_DOCUMENTS
+from tasks.state import COPY_UNITS, SKIPPED_DOCUMENTS
 from flows.cli import format_summary
 from flows.migrate import migrate
 from tasks.namespaces import plan_namespaces
@@ -327,7 +327,7 @@ def oplog_spans_seconds(client, seconds: float = 2.0) -> None:
 
 
 def test_oplog_window_exceeded_fails_saying_to_run_the_full_migration_again(dest, dst_client, tmp_path):
-    from tasks.sync.position import read_sync_state
+    from tasks.state import read_sync_state
 
     tiny = Mongod(tmp_path / "tiny-oplog", replset="tiny", oplog_size_mb=1,
                   extra_args=["--syncdelay", "1"]).start()  # a checkpoint a second lets the oplog shrink

@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.approval import approve_cutover, waiting_for_approval
 from flows.migrate import migrate
-from tasks.sync.position import read_sync_state
+from tasks.state import read_sync_state
 from tests.conftest import ROOT, assert_same_documents, index_specs, user_collections
 from tests.endpoints import ENDPOINTS, endpoints  # noqa: F401 - the fixture, found by its name
 from tests.load import SourceLoad, seed

@@ -14,7 +14,7 @@ from flows.migrate import migrate
 from tasks.cutover import UNIQUE_PENDING
 from tasks.namespaces import plan_namespaces
 from tasks.schema import UniqueConversionFailed, build_indexes, convert_to_unique, create_target_collection
-from tasks.sync.position import read_sync_state
+from tasks.state import read_sync_state
 from tests.conftest import assert_same_documents, index_specs
 from tests.test_incremental import wait_for, waiting_since
 

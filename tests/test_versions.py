@@ -228,7 +228,8 @@ def test_time_series_copy_resumes_from_its_checkpoint(version, old_source, reque
     index); an attempt that stopped part way resumes from its checkpoint."""
     from blocks.spec import META_DATABASE
     from tasks.common import to_ejson
-    from tasks.copy import COPY_UNITS, CopyRange, copy_collection_range
+    from tasks.copy import CopyRange, copy_collection_range
+    from tasks.state import COPY_UNITS
     from tasks.namespaces import plan_namespaces
     from tasks.schema import create_target_collection
     from tests.conftest import make_spec

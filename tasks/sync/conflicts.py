@@ -22,7 +22,7 @@ from blocks.spec import MigrationSpec
 from tasks.common import DUPLICATE_KEY, RAW
 from blocks.errors import ChangeApplyError
 from tasks.sync.events import DocWrite, Target
-from tasks.sync.position import sync_state_collection
+from tasks.state import sync_state_collection
 
 
 def target_collection(spec: MigrationSpec, target: Target):

@@ -33,7 +33,8 @@ from tasks.sync.conflicts import UniqueConflicts, target_collection
 from tasks.sync.ddl import DestinationDDL
 from tasks.sync.events import (Action, Batch, DocWrite, Target, change_stream_pipeline,
                                partition_writes, plan_change, token_time, transaction_of, wall_seconds)
-from tasks.sync.position import read_sync_state, sync_state_collection, ts_text
+from tasks.state import read_sync_state, sync_state_collection
+from tasks.sync.position import ts_text
 from tasks.sync.sources import OplogDDL, stream_has_ddl
 
 log = logging.getLogger("mongo_migrate.changes")

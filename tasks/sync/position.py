@@ -1,10 +1,10 @@
-"""Where the sync starts and where it is: the start point and the saved position of a spec's sync,
-one document per spec digest in META_DATABASE.sync_state.
+"""Where the sync starts and where it is: the start point and the saved position of a spec's sync
+(kept in the `sync_state` collection, tasks/state.py), and how long the source's oplog keeps it.
 
 `save_start_point` takes the change stream's position before the full copy reads anything; the sync
 (tasks/sync/engine.py) resumes from the saved `token`, or from `start_token` the first time. A position
-that has left the source's oplog cannot be resumed (`OplogWindowExceeded`): `abandon_run` marks the run
-over so that the spec starts afresh.
+that has left the source's oplog cannot be resumed (`OplogWindowExceeded`): `abandon_run`
+(tasks/state.py) marks the run over so that the spec starts afresh.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from bson.timestamp import Timestamp
 from pydantic import BaseModel
 
 from blocks.mongo import MongoConnection, open_client
-from blocks.spec import META_DATABASE, MigrationSpec
+from blocks.spec import MigrationSpec
 from tasks.common import step
-from tasks.precheck import RUNS, read_oplog_window
+from tasks.precheck import read_oplog_window
 from tasks.sync.events import token_time
+from tasks.state import sync_state_collection
 from tasks.sync.sources import stream_has_ddl
 
-SYNC_STATE = "sync_state"  # one document per spec digest in META_DATABASE
 
 
 class SyncStart(BaseModel):
@@ -30,14 +30,6 @@ class SyncStart(BaseModel):
 
 def ts_text(ts: Timestamp | None) -> str:
     return f"{ts.time}.{ts.inc}" if ts is not None else "-"
-
-
-def sync_state_collection(spec: MigrationSpec):
-    return open_client(spec.destination.resolve())[META_DATABASE][SYNC_STATE]
-
-
-def read_sync_state(spec: MigrationSpec) -> dict | None:
-    return sync_state_collection(spec).find_one({"_id": spec.digest()})
 
 
 def save_start_point(spec: MigrationSpec, resumed: bool) -> SyncStart:
@@ -67,15 +59,6 @@ def expanded_events(client) -> bool | None:
     """showExpandedEvents for a watch on this server: True from 6.0; None (not sent) before, where
     the option does not exist and DDL comes from the oplog (tasks/sync/sources.py)."""
     return True if stream_has_ddl(client.server_info()["version"]) else None
-
-
-def abandon_run(spec: MigrationSpec, reason: str) -> None:
-    """The run cannot continue (its sync position left the oplog): mark it over, so that running the
-    spec again starts a fresh full migration instead of resuming this one."""
-    meta = open_client(spec.destination.resolve())[META_DATABASE]
-    meta[RUNS].update_one({"_id": spec.digest()}, {"$set": {
-        "finished": True, "abandoned": reason, "updated": datetime.now(timezone.utc)}})
-    meta[SYNC_STATE].update_one({"_id": spec.digest()}, {"$set": {"status": "abandoned"}})
 
 
 def source_cluster_time(spec: MigrationSpec) -> Timestamp:
