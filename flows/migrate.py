@@ -79,7 +79,7 @@ def precheck(spec: MigrationSpec) -> PrecheckOutcome:
     source, destination = src_f.result(), dst_f.result()
     listing = list_selected_objects_task(spec) if source.reachable else None
     plan = listing.plan if listing else None
-    # every check item is a task of its own (tasks/precheck.py)
+    # every check item is a task of its own (tasks/precheck/: ITEMS)
     report = run_prechecks(spec, source, destination, plan, listing.error if listing else None)
     create_table_artifact(
         key="precheck", table=precheck_table(report),

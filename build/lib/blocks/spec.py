@@ -1,0 +1,433 @@
+"""The migration spec: one pydantic model read by the CLI, the Prefect UI form and the flows.
+
+This module is the one place that knows what a valid spec is. Errors name the key to fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+import re
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
+                      field_validator, model_validator)
+
+from blocks.errors import SpecError
+from blocks.mongo import MongoConnection, MongoEndpoint
+
+if TYPE_CHECKING:
+    from blocks.slack import SlackNotifier
+
+SYSTEM_DATABASES = ("admin", "local", "config")
+# the destination database where the migration keeps its own state (see README, "State")
+META_DATABASE = "mongo_migrate_meta"
+DB_NAME_FORBIDDEN = set('/\\. "$*<>:|?\0')
+MAX_DB_NAME_BYTES = 63
+MAX_NAMESPACE_BYTES = 255
+
+
+def database_name_problem(name: str) -> str | None:
+    if not name:
+        return "database name is empty"
+    bad = sorted(set(name) & DB_NAME_FORBIDDEN)
+    if bad:
+        return f"database name {name!r} contains {''.join(bad)!r}, which MongoDB does not allow"
+    if len(name.encode()) > MAX_DB_NAME_BYTES:
+        return f"database name {name!r} is longer than {MAX_DB_NAME_BYTES} bytes"
+    return None
+
+
+def collection_name_problem(name: str) -> str | None:
+    if not name:
+        return "collection name is empty"
+    if "$" in name or "\0" in name:
+        return f"collection name {name!r} contains '$' or a null character"
+    if name.startswith("system."):
+        return f"collection name {name!r} is reserved (system.*)"
+    return None
+
+
+# MongoEndpoint blocks loaded in this process, by block name: each is loaded from the Prefect API once
+# per run (forget_loaded_blocks() as a run starts), then never again. The sync resolves its endpoints
+# for every batch of changes; a load each time (~40 ms, more to a remote API) held it to ~30 changes/s,
+# and a Prefect API that is down for a minute must not stop it (the databases are all it needs).
+# Only plain connection settings are kept, in this process's memory: nothing Prefect stores.
+_loaded_blocks: dict[str, MongoConnection] = {}
+_loaded_blocks_lock = threading.Lock()
+
+
+def forget_loaded_blocks() -> None:
+    """Load MongoEndpoint blocks afresh: called as a run starts, so an edited block (a rotated
+    password) takes effect at the next run, and a resumed run, of the same spec."""
+    with _loaded_blocks_lock:
+        _loaded_blocks.clear()
+
+
+class EndpointSpec(MongoConnection):
+    """A deployment given inline (URI and options) or by the name of a saved MongoEndpoint block."""
+
+    block: str | None = Field(
+        None, title="MongoEndpoint block",
+        description="Name of a saved MongoEndpoint block; when set, the block's settings are used.",
+    )
+    password_env: str | None = Field(
+        None, title="Password environment variable",
+        description="Read the password from this environment variable where the flow runs.",
+    )
+    storage_gb: float | None = Field(
+        None, gt=0, title="Declared storage (GB)",
+        description="Capacity of a managed destination, checked by the precheck.",
+    )
+
+    @model_validator(mode="after")
+    def _uri_or_block(self) -> "EndpointSpec":
+        if not self.uri and not self.block:
+            raise ValueError("give either uri or block")
+        if self.uri and self.block:
+            raise ValueError("give uri or block, not both")
+        if self.uri and not self.uri.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("uri must start with mongodb:// or mongodb+srv://")
+        return self
+
+    def resolve(self) -> MongoConnection:
+        """Plain connection settings, with the block loaded and the environment read."""
+        if self.block:
+            with _loaded_blocks_lock:
+                conn = _loaded_blocks.get(self.block)
+            if conn is None:
+                try:
+                    conn = MongoEndpoint.load(self.block).connection()
+                except ValueError as exc:
+                    raise SpecError(f"MongoEndpoint block {self.block!r} not found: save it first") from exc
+                with _loaded_blocks_lock:
+                    conn = _loaded_blocks.setdefault(self.block, conn)
+        else:
+            fields = {name: getattr(self, name) for name in MongoConnection.model_fields}
+            conn = MongoConnection.model_validate(fields)
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise SpecError(f"environment variable {self.password_env} (password_env) is not set")
+            conn = conn.model_copy(update={"password": SecretStr(value)})
+        return conn
+
+    def display(self) -> str:
+        return f"block {self.block}" if self.block else super().display()
+
+
+class ObjectSelection(BaseModel):
+    """A database to migrate, whole or some of its collections."""
+
+    model_config = ConfigDict(extra="forbid")
+    database: str = Field(title="Database", description="Name of a source database.")
+    collections: list[str] | None = Field(
+        None, title="Collections", description="Only these collections (and views); all when omitted."
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _valid_database(cls, v: str) -> str:
+        problem = database_name_problem(v)
+        if problem:
+            raise ValueError(problem)
+        if v in ("admin", "local"):
+            raise ValueError(f"the {v} database cannot be migrated")
+        if v == META_DATABASE:
+            raise ValueError(f"{META_DATABASE} is mongo-migrate's own state database")
+        return v
+
+    @field_validator("collections")
+    @classmethod
+    def _valid_collections(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("collections is empty: omit it to select the whole database")
+        for name in v:
+            problem = collection_name_problem(name)
+            if problem:
+                raise ValueError(problem)
+        if len(set(v)) != len(v):
+            raise ValueError("a collection is listed twice")
+        return v
+
+
+class CopyOptions(BaseModel):
+    """Tuning of the full copy; the defaults suit most deployments."""
+
+    model_config = ConfigDict(extra="forbid")
+    parallel_workers: int = Field(
+        4, ge=1, le=64, title="Parallel copy workers",
+        description="Collections (or ranges of big ones) copied at the same time.",
+    )
+    batch_docs: int = Field(
+        2000, ge=1, le=100_000, title="Documents per insert batch",
+        description="Most documents read and inserted in one batch (a batch never exceeds 16 MB).",
+    )
+    range_docs: int = Field(
+        250_000, ge=1000, title="Documents per copy range",
+        description="Collections larger than this are split into _id ranges copied in parallel.",
+    )
+    drop_existing_targets: bool = Field(
+        False, title="Drop existing target collections",
+        description="Drop target collections that already hold data instead of failing the precheck.",
+    )
+    on_document_error: Literal["fail", "skip"] = Field(
+        "fail", title="When the destination refuses a document",
+        description="fail: stop, naming the namespace and _id. skip: leave it out, record it in "
+        "mongo_migrate_meta.skipped_documents and go on (verification lists it as skipped).",
+    )
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(s|m|h|d)?\s*", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value):
+    """Seconds from a number or a string such as "90", "90s", "15m", "24h", "2d"."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration: give seconds, or a number with s, m, h or d (e.g. 24h)")
+    if isinstance(value, (int, float)):
+        return value
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("not a duration: give seconds, or a number with s, m, h or d (e.g. 24h)")
+    return float(match.group(1)) * _UNIT_S[(match.group(2) or "s").lower()]
+
+
+# seconds, written as a number or with a unit ("15m", "24h") in a spec file or form
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class IncrementalOptions(BaseModel):
+    """The incremental sync after the full copy, and the cutover; the defaults suit most deployments."""
+
+    model_config = ConfigDict(extra="forbid")
+    ready_delay_s: float = Field(
+        2.0, gt=0, le=3600, title="Ready-for-cutover delay (s)",
+        description="At or under this delay the destination counts as not delayed: the run says "
+        "'ready for cutover' and waits for approval.",
+    )
+    approval_timeout_s: int = Field(
+        7 * 24 * 3600, ge=1, title="Approval timeout (s)",
+        description="How long to wait for cutover approval (default 7 days); then the run ends with "
+        "the sync state saved, and running the spec again continues the sync.",
+    )
+    checkpoint_interval_s: float = Field(
+        5.0, gt=0, le=600, title="Checkpoint interval (s)",
+        description="How often the position of the last applied change is saved on the destination; "
+        "a restarted run replays at most this much.",
+    )
+    apply_workers: int = Field(
+        4, ge=1, le=64, title="Parallel apply workers",
+        description="Writes of one batch applied at the same time (each document keeps its order).",
+    )
+    batch_events: int = Field(
+        5000, ge=1, le=100_000, title="Changes per batch",
+        description="Most change events read before their writes are applied in one round.",
+    )
+    block_source_writes_at_cutover: bool = Field(
+        False, title="Block source writes at cutover",
+        description="After approval, block user writes on the source (setUserWriteBlockMode; the "
+        "account needs the privilege) so that nothing is written after the drain. Otherwise stop "
+        "the application's writes yourself when you approve.",
+    )
+    verify_sample_docs: int = Field(
+        100, ge=0, le=100_000, title="Documents compared per collection at cutover",
+        description="Besides the counts, this many random documents per collection are compared "
+        "byte for byte after the drain.",
+    )
+    delay_alarm_s: Duration | None = Field(
+        None, gt=0, title="Delay alarm (s)",
+        description="Tell Slack when the sync stays further behind than this (for delay_alarm_for_s), "
+        "and again when it has caught up; seconds or e.g. '5m'. Empty: no delay alarm.",
+        examples=[300],
+    )
+    delay_alarm_for_s: Duration = Field(
+        60, ge=0, title="Delay alarm after (s)",
+        description="How long the delay must stay over delay_alarm_s before the alarm is sent.",
+    )
+    oplog_window_alarm_s: Duration = Field(
+        24 * 3600, gt=0, title="Oplog window warning (s)",
+        description="Tell Slack when the time left before the source's oplog overwrites the sync's "
+        "position, at the current write rate, falls under this; seconds or e.g. '24h'.",
+    )
+
+
+class SlackSettings(BaseModel):
+    """Where Slack messages go: an incoming-webhook URL, or a saved SlackNotifier block."""
+
+    model_config = ConfigDict(extra="forbid")
+    webhook_url: SecretStr | None = Field(
+        None, title="Incoming-webhook URL",
+        description="https://hooks.slack.com/services/... (a secret: masked in stored flow parameters). "
+        "Every event is sent; use a SlackNotifier block to choose events or to post with a bot token.",
+    )
+    block: str | None = Field(
+        None, title="SlackNotifier block",
+        description="Name of a saved SlackNotifier block (webhook or bot token, events to send).",
+    )
+
+    @model_validator(mode="after")
+    def _webhook_or_block(self) -> "SlackSettings":
+        if (self.webhook_url is None) == (self.block is None):
+            raise ValueError("give either webhook_url or block")
+        url = self.webhook_url.get_secret_value() if self.webhook_url is not None else ""
+        if self.webhook_url is not None and not url.startswith(("https://", "http://")):
+            raise ValueError("webhook_url must be an http(s) URL")
+        return self
+
+    def resolve(self) -> "SlackNotifier":
+        from blocks.slack import SlackNotifier
+
+        if self.block:
+            try:
+                return SlackNotifier.load(self.block)
+            except ValueError as exc:
+                raise SpecError(f"SlackNotifier block {self.block!r} not found: save it first") from exc
+        return SlackNotifier(webhook_url=self.webhook_url)
+
+
+class Notifications(BaseModel):
+    """Who hears about the migration."""
+
+    model_config = ConfigDict(extra="forbid")
+    slack: SlackSettings | None = Field(
+        None, title="Slack",
+        description="Precheck failed (always), migration failed, ready for cutover, finished.",
+    )
+
+
+class MigrationSpec(BaseModel):
+    """What to migrate, from where to where."""
+
+    # hide_input_in_errors: a validation error never repeats the input, which may hold a password
+    model_config = ConfigDict(extra="forbid", title="Migration spec", hide_input_in_errors=True)
+
+    source: EndpointSpec = Field(title="Source", description="The deployment to migrate from.")
+    destination: EndpointSpec = Field(title="Destination", description="The deployment to migrate to.")
+    migration_types: list[Literal["full", "incremental"]] = Field(
+        default_factory=lambda: ["full"], title="Migration types",
+        description="full: copy existing data; incremental: then keep applying changes until cutover.",
+    )
+    objects: list[ObjectSelection] = Field(
+        default_factory=list, title="Objects",
+        description="Databases and collections to migrate; every database but admin, local and "
+        "config when empty.",
+    )
+    name_mapping: dict[str, str] = Field(
+        default_factory=dict, title="Name mapping",
+        description="Rename on the destination, as JSON: {\"db\": \"new_db\", "
+        "\"db.coll\": \"other_db.new_coll\"}.",
+        examples=[{"shop": "shop_v2", "crm.customers": "sales.clients"}],
+    )
+    copy_options: CopyOptions = Field(
+        default_factory=CopyOptions, title="Copy options",
+        description="Tuning of the full copy; the defaults suit most deployments.",
+    )
+    incremental_options: IncrementalOptions = Field(
+        default_factory=IncrementalOptions, title="Incremental sync and cutover",
+        description="Used when migration_types has incremental: delay threshold, approval timeout, "
+        "checkpoints, parallelism, write blocking at cutover.",
+    )
+    notifications: Notifications = Field(
+        default_factory=Notifications, title="Notifications",
+        description="Slack messages about the migration.",
+    )
+
+    @field_validator("migration_types")
+    @classmethod
+    def _types(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("choose at least one of: full, incremental")
+        if "full" not in v:
+            raise ValueError("incremental migration needs full migration first: use [full, incremental]")
+        return list(dict.fromkeys(v))
+
+    @field_validator("name_mapping")
+    @classmethod
+    def _mapping(cls, v: dict[str, str]) -> dict[str, str]:
+        targets: dict[str, str] = {}
+        for src, dst in v.items():
+            if "." in src:
+                if "." not in dst:
+                    raise ValueError(f"{src!r} is a collection; map it to 'database.collection', not {dst!r}")
+            elif "." in dst:
+                raise ValueError(f"{src!r} is a database; map it to a database name, not {dst!r}")
+            for name in (src, dst):
+                db, _, coll = name.partition(".")
+                problem = database_name_problem(db) or (coll and collection_name_problem(coll))
+                if problem:
+                    raise ValueError(f"{name!r}: {problem}")
+            if src == dst:
+                raise ValueError(f"{src!r} is mapped onto itself: remove that entry")
+            if dst.partition(".")[0] in ("admin", "local", "config", META_DATABASE):
+                raise ValueError(f"{src!r} is mapped into the reserved database {dst.partition('.')[0]!r}")
+            if dst in targets:
+                raise ValueError(f"{targets[dst]!r} and {src!r} are both mapped to {dst!r}")
+            targets[dst] = src
+        return v
+
+    @model_validator(mode="after")
+    def _selection(self) -> "MigrationSpec":
+        seen: set[str] = set()
+        for obj in self.objects:
+            if obj.database in seen:
+                raise ValueError(f"database {obj.database!r} is listed twice in objects")
+            seen.add(obj.database)
+        return self
+
+    @property
+    def incremental(self) -> bool:
+        return "incremental" in self.migration_types
+
+    def digest(self) -> str:
+        """Identifies what this spec migrates (not how fast), to recognise a rerun of it."""
+        what = self.model_dump(mode="json", include={"objects", "name_mapping", "migration_types"})
+        what["source"] = self.source.display()
+        what["destination"] = self.destination.display()
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def format_validation_error(exc: ValidationError, source: str = "spec") -> str:
+    """One line per problem, each naming the key: 'spec.yaml: objects.0.database: Field required'."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",)) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_spec(data: object, source: str = "spec") -> MigrationSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a mapping with source, destination, ...")
+    try:
+        return MigrationSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+
+
+def load_spec(path: str | os.PathLike) -> MigrationSpec:
+    """Read a spec from a YAML or JSON file."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{p}: no such spec file") from None
+    except OSError as exc:
+        raise SpecError(f"{p}: cannot read the spec file ({exc.strerror})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}{at}") from None
+    return parse_spec(data, p.name)

@@ -1,0 +1,1 @@
+"""Composition: the Prefect flows and the CLI that runs them."""

@@ -1,0 +1,289 @@
+"""The `migrate` and `precheck` flows: the console's steps, composed."""
+from __future__ import annotations
+
+import time
+
+from prefect import flow, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
+
+from blocks.errors import PrecheckFailed, VerificationDiffers
+from blocks.spec import MigrationSpec, forget_loaded_blocks
+from flows.progress import PROGRESS_EVERY_S, CopyProgress
+from tasks.connect import check_connectivity_task
+from tasks.copy import CopyStats, copy_collection_range_task, split_collection_task
+from tasks.namespaces import CollectionPlan, MigrationPlan
+from tasks.notify import flow_run_url, notify_finished, notify_migration_failed, notify_precheck_failed
+from tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks
+from tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
+from tasks.state import finish_run_task, start_run_task
+from tasks.sync.position import save_start_point_task
+from tasks.cutover import record_deferred_unique_task
+from flows.incremental import SyncReport, incremental_sync
+from flows.verify import VerificationReport, verify_plan
+from tasks.verify import CollectionVerification
+
+
+class PrecheckOutcome(BaseModel):
+    report: PrecheckReport
+    plan: MigrationPlan | None
+
+
+class CollectionSummary(BaseModel):
+    source_ns: str
+    target_ns: str
+    kind: str
+    source_docs: int
+    target_docs: int
+    copied_docs: int
+    bytes: int
+    indexes: int
+    skipped: int = 0  # refused by the destination, left out as on_document_error: skip allows
+
+
+class MigrationSummary(BaseModel):
+    spec_digest: str
+    source: str
+    destination: str
+    resumed: bool
+    collections: list[CollectionSummary]
+    views: list[str]
+    docs: int
+    bytes: int
+    seconds: float
+    copy_seconds: float
+    index_seconds: float
+    # wall seconds of each step, in the order they ran: precheck, prepare (run record, collections),
+    # copy, indexes, sync, verify
+    phases: dict[str, float] = {}
+    counts_match: bool
+    sync: SyncReport | None = None  # incremental: the sync and its cutover
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.docs / self.copy_seconds if self.copy_seconds else 0.0
+
+
+def precheck_table(report: PrecheckReport) -> list[dict]:
+    return [i.model_dump() for i in report.items]
+
+
+@flow(name="precheck", description="Connectivity and precheck items; writes nothing.")
+def precheck(spec: MigrationSpec) -> PrecheckOutcome:
+    src_f = check_connectivity_task.submit(spec.source, "source")
+    dst_f = check_connectivity_task.submit(spec.destination, "destination")
+    source, destination = src_f.result(), dst_f.result()
+    listing = list_selected_objects_task(spec) if source.reachable else None
+    plan = listing.plan if listing else None
+    # every check item is a task of its own (tasks/precheck.py)
+    report = run_prechecks(spec, source, destination, plan, listing.error if listing else None)
+    create_table_artifact(
+        key="precheck", table=precheck_table(report),
+        description=f"Precheck: {'passed' if report.passed else 'FAILED'}",
+    )
+    if not report.passed:
+        # always sent (not switchable); links to the top-level run, the migration when there is one
+        notify_precheck_failed(spec, report, flow_run_url())
+    return PrecheckOutcome(report=report, plan=plan)
+
+
+def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStats]:
+    """Copy every selected collection, big ones range by range, `parallel_workers` ranges at once.
+
+    The ranges are tasks of the calling flow run, on a thread pool of their own sized by the spec.
+    (A subflow would do the sizing too, but costs seconds per run: its tracking task run is a write
+    that a local SQLite server often answers 503 "database is locked", and the client retries it
+    after 2 s; its heartbeat thread takes up to another second to stop.)"""
+    with ThreadPoolTaskRunner(max_workers=spec.copy_options.parallel_workers) as runner:
+        splits = runner.map(split_collection_task, {"spec": unmapped(spec), "plan": plans})
+        ranges = [r for f in splits for r in f.result()]
+        # biggest first, so that the last workers to finish are not stuck with a giant
+        ranges.sort(key=lambda r: -r.estimated_docs)
+        progress = CopyProgress(spec, ranges)  # "full-copy-progress" and a bar per collection
+        futures = runner.map(copy_collection_range_task, {"spec": unmapped(spec), "rng": ranges})
+        return _settle_ranges(futures, ranges, progress)
+
+
+def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
+    range_of = dict(zip(futures, ranges))
+    results: list[CopyStats] = []
+    errors: list[BaseException] = []
+    pending = list(futures)
+    shown = time.monotonic()
+    # wait for every range before failing, so each one has saved its checkpoint. prefect's wait()
+    # returns when all are done or at the timeout, so a short timeout notices the last range at once
+    while pending:
+        done, not_done = wait(pending, timeout=0.2)
+        for fut in done:
+            try:
+                results.append(fut.result())
+            except BaseException as exc:  # noqa: BLE001 - reported below, after all ranges settle
+                errors.append(exc)
+            progress.range_finished(range_of[fut].plan.source_ns)
+        pending = list(not_done)
+        if not pending or time.monotonic() - shown >= PROGRESS_EVERY_S:
+            progress.update()
+            shown = time.monotonic()
+    if errors:
+        raise errors[0]
+    return results
+
+
+@flow(name="migrate", description="Full (and incremental) migration of a MongoDB deployment.")
+def migrate(spec: MigrationSpec) -> MigrationSummary:
+    forget_loaded_blocks()  # endpoint blocks are loaded once per run (blocks/spec.py)
+    try:
+        summary = migrate_steps(spec)
+    except PrecheckFailed:
+        raise  # the precheck flow has told Slack already
+    except Exception as exc:
+        # Slack is told, within a bounded time and without ever raising, then the run fails as it would
+        text = str(exc).strip().splitlines()
+        notify_migration_failed(spec, (text[0] if text else type(exc).__name__)[:500], flow_run_url())
+        raise
+    if summary.sync is None or summary.sync.status == "cut_over":
+        # an incremental run that ended without cutover (approval timed out, declined) is not finished
+        notify_finished(spec, summary, flow_run_url())
+    return summary
+
+
+def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
+    """The migration's steps in order; the `migrate` flow around them tells Slack how it ended."""
+    phases = PhaseClock()
+    # Prefect's heartbeat thread checks once a second whether its flow run has ended, so a flow run
+    # with one ends up to a second late. The precheck is a few seconds of reads inside this run,
+    # whose own heartbeat already says it is alive
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        outcome = precheck(spec)
+    phases.lap("precheck")
+    if not outcome.report.passed or outcome.plan is None:
+        raise PrecheckFailed(outcome.report)
+    plan = outcome.plan
+    run = start_run_task(spec, plan, str(flow_run.get_id() or ""))
+    if spec.incremental:
+        # before the copy reads anything: every write from here on is in the change stream
+        save_start_point_task(spec, run.resumed)
+
+    data_plans = plan.data_plans
+    for fut in create_target_collection_task.map(unmapped(spec), data_plans):
+        fut.result()
+    phases.lap("prepare")
+
+    stats = full_copy(spec, data_plans)
+    phases.lap("copy")
+
+    # incremental: unique indexes are built without `unique` and made unique at cutover, once the
+    # sync has settled the keys a copy of a live source may hold twice for a moment (tasks/schema.py)
+    index_futures = build_indexes_task.map(unmapped(spec), data_plans, unmapped(spec.incremental))
+    views = create_views_task(spec, plan.views)
+    index_results = [f.result() for f in index_futures]
+    indexes = {r.target_ns: len(r.built) for r in index_results}
+    if spec.incremental:
+        record_deferred_unique_task(spec, index_results)
+    phases.lap("indexes")
+    sync = None
+    if spec.incremental:
+        # the changes made since the start point, then until cutover (flows/incremental.py)
+        sync = incremental_sync(spec, plan)
+        phases.lap("sync")
+        if sync.status != "cut_over":
+            # no cutover (approval timed out or declined): nothing to verify yet; the sync position
+            # is saved and the run stays unfinished, so running the spec again continues the sync
+            return summarize(spec, run.resumed, plans=[], stats=stats, verified=None, indexes=indexes,
+                             views=views, phases=phases, sync=sync)
+        plan = sync.plan or plan  # collections may have been created, dropped or renamed meanwhile
+        data_plans = plan.data_plans
+    # the last step: counts, every document's bytes, options, indexes and views (flows/verify.py). A
+    # full run's copy has digested the source as it read it; after a sync the source has moved on
+    # since, and a resumed run's earlier share was read long ago: both sides are read again then
+    fresh_copy = not spec.incremental and not run.resumed
+    verification = verify_plan(spec, plan, copied=stats if fresh_copy else None)
+    phases.lap("verify")
+    if not spec.incremental:
+        flag_emptied_sources(verification, outcome.report.source_docs)
+    summary = summarize(spec, run.resumed, plans=data_plans, stats=stats, verified=verification.collections,
+                        indexes=indexes, views=views, phases=phases, sync=sync)
+    create_markdown_artifact(key="migration-summary", markdown=summary_markdown(summary),
+                             description="What was migrated")
+    if not summary.counts_match:
+        raise VerificationDiffers("verification found differences: " + verification.describe())
+    finish_run_task(spec)
+    return summary
+
+
+class PhaseClock:
+    """Wall seconds per step: each lap() closes the step that ran since the previous one."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.started = self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
+
+
+def flag_emptied_sources(verification: VerificationReport, precheck_docs: dict[str, int]) -> None:
+    """An empty target of an empty source is equal, but not a migration when the precheck counted
+    documents there: the source was emptied or dropped while it ran. Full migrations only: an
+    incremental sync replays deletes, so an emptied source is followed on purpose there."""
+    for c in verification.collections:
+        before = precheck_docs.get(c.source_ns, 0)
+        if before and c.source_docs == 0 and c.target_docs == 0:
+            c.problems.append(f"the source held {before:,} documents at the precheck and holds none "
+                              "now, and none were copied: was it emptied or dropped during the migration?")
+
+
+def summarize(spec: MigrationSpec, resumed: bool, *, plans: list[CollectionPlan], stats: list[CopyStats],
+              verified: list[CollectionVerification] | None, indexes: dict[str, int], views: list[str],
+              phases: PhaseClock, sync: SyncReport | None) -> MigrationSummary:
+    """The summary of a run: per collection, what the copy moved and what verification counted
+    (`verified` None: the run ended before verification, a sync that was not cut over)."""
+    by_ns: dict[str, list[CopyStats]] = {}
+    for s in stats:
+        by_ns.setdefault(s.source_ns, []).append(s)
+    count_by_ns = {c.source_ns: c for c in verified or []}
+    rows = []
+    for p in plans:
+        c = count_by_ns[p.source_ns]
+        rows.append(CollectionSummary(
+            source_ns=p.source_ns, target_ns=p.target_ns, kind=p.kind,
+            source_docs=c.source_docs, target_docs=c.target_docs,
+            copied_docs=sum(s.docs for s in by_ns.get(p.source_ns, [])),
+            bytes=sum(s.bytes for s in by_ns.get(p.source_ns, [])),
+            indexes=indexes.get(p.target_ns, 0), skipped=getattr(c, "skipped", 0),
+        ))
+    return MigrationSummary(
+        spec_digest=spec.digest(), source=spec.source.display(), destination=spec.destination.display(),
+        resumed=resumed, collections=rows, views=views,
+        docs=sum(r.copied_docs for r in rows) if plans else sum(s.docs for s in stats),
+        bytes=sum(r.bytes for r in rows) if plans else sum(s.bytes for s in stats),
+        seconds=round(time.monotonic() - phases.started, 3), copy_seconds=phases.laps.get("copy", 0.0),
+        index_seconds=phases.laps.get("indexes", 0.0), phases=phases.laps,
+        counts_match=verified is not None and all(c.equal for c in verified), sync=sync,
+    )
+
+
+def summary_markdown(s: MigrationSummary) -> str:
+    lines = [
+        f"# Migration {'(resumed) ' if s.resumed else ''}{s.source} -> {s.destination}",
+        "",
+        f"{s.docs:,} documents, {s.bytes / 1e6:,.1f} MB copied in {s.copy_seconds:.1f}s "
+        f"({s.docs_per_s:,.0f} docs/s); total {s.seconds:.1f}s; counts "
+        f"{'match' if s.counts_match else 'DIFFER'}.",
+        "",
+        "Steps: " + ", ".join(f"{name} {sec:.1f}s" for name, sec in s.phases.items()),
+        "",
+        "| source | target | kind | source docs | target docs | indexes |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    lines += [f"| {c.source_ns} | {c.target_ns} | {c.kind} | {c.source_docs:,} | {c.target_docs:,} | "
+              f"{c.indexes} |" for c in s.collections]
+    if s.views:
+        lines += ["", "Views: " + ", ".join(s.views)]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""Prefect's temporary API server, started when the command starts instead of at its first flow run.
+
+Without a configured API (PREFECT_API_URL), Prefect starts a temporary server for the process when the
+first flow run needs one (`prefect.server.api.server.SubprocessASGIServer`: a uvicorn subprocess
+serving `create_app`). It starts only after this process has imported its flows (~1.5 s here) and
+then the server class itself (~3 s), and the subprocess needs ~4 s more: ~8 s in all before anything is
+migrated. Started first, with the same command and environment, it boots on another core while this
+process imports and reads the spec, and the command waits ~3 s for it instead (bench/full_copy.py
+prints the whole command's seconds).
+
+Nothing here runs when an API is configured: a Prefect server or Prefect Cloud is used as it is.
+"""
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 90.0
+
+
+class TemporaryServer:
+    """One temporary Prefect API server subprocess on a free 127.0.0.1 port."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        prefect_parent = Path(importlib.util.find_spec("prefect").origin).parent.parent
+        # the command and environment of SubprocessASGIServer._run_uvicorn_command (prefect 3.x)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_parent), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "error", "--lifespan", "on"],
+            env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                 "PREFECT__SERVER_FINAL": "1"},
+            stdin=subprocess.DEVNULL,
+        )
+        # registered before Prefect registers its own exit handlers, so it runs after them: the
+        # run's last log lines and events are sent before the server goes away
+        atexit.register(self.stop)
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the temporary Prefect server exited with code {self.proc.returncode} "
+                                   "before it answered (set PREFECT_API_URL to use a running server)")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:.0f} s "
+                           "(set PREFECT_API_URL to use a running server)")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_early() -> TemporaryServer | None:
+    """A temporary server starting now, unless the environment names an API (a profile's API URL is
+    only known once Prefect's settings are loaded: `use_or_stop` then gives this one up)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    return TemporaryServer()
+
+
+def use_or_stop(server: TemporaryServer | None):
+    """A context in which the command's flows use `server`; or, when Prefect's settings name an API
+    after all (a profile), that API, and the early server is stopped."""
+    from contextlib import nullcontext
+
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if server is None:
+        return nullcontext()
+    if get_current_settings().api.url:
+        server.stop()
+        return nullcontext()
+    server.wait_ready()
+    return temporary_settings(updates={PREFECT_API_URL: server.api_url})

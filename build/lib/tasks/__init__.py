@@ -1,0 +1,1 @@
+"""One migration step a module: plain functions, each with a thin Prefect task wrapper."""

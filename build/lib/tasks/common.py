@@ -1,0 +1,74 @@
+"""Small helpers every task module uses: how tasks are declared, Extended JSON round trips."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from bson import json_util
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.json_util import JSONOptions, JSONMode
+from bson.raw_bson import RawBSONDocument
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.errors import MigrationError
+
+# documents travel as raw bytes: never decoded, never re-encoded. A value that is decoded (an _id)
+# keeps dates outside datetime's years 1-9999 as DatetimeMS instead of failing
+RAW = CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+_CANONICAL = JSONOptions(json_mode=JSONMode.CANONICAL, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+
+# server error codes the tasks act on (src/mongo/base/error_codes.yml)
+UNAUTHORIZED = 13
+NAMESPACE_NOT_FOUND = 26
+INDEX_NOT_FOUND = 27
+NAMESPACE_EXISTS = 48
+COMMAND_NOT_SUPPORTED_ON_VIEW = 166
+DUPLICATE_KEY = 11000
+COLLSTATS_NOT_FOUND_42 = 40280  # $collStats storageStats of a missing collection, before 4.4
+
+
+def version_tuple(version: str | None) -> tuple[int, int]:
+    """(major, minor) of a server version string such as "4.2.6" or "7.0.0-rc1"; (0, 0) if unreadable."""
+    parts = (version or "0").split("-")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return (0, 0)
+
+
+def to_ejson(value: Any) -> str:
+    """Canonical Extended JSON: a plain string that keeps every BSON type (for task arguments)."""
+    return json_util.dumps(value, json_options=_CANONICAL)
+
+
+def from_ejson(text: str) -> Any:
+    return json_util.loads(text, json_options=_CANONICAL)
+
+
+def worth_retrying(task, task_run, state) -> bool:
+    """One of mongo-migrate's own errors (blocks/errors.py: a document the destination refused, state
+    written by a newer version, ...) would only happen again: fail at once, saying why. Any other
+    failure (network, failover, timeout) may pass and is retried."""
+    return not isinstance(state.data, MigrationError)
+
+
+def step(fn: Callable | None = None, *, retries: int = 2, retry_delay_seconds: Any = (1, 5, 15), **kw):
+    """Declare a migration step as a Prefect task.
+
+    Results are plain values and idempotent steps are retried, unless they failed with one of
+    mongo-migrate's own errors (worth_retrying); nothing is cached, because a step's outcome depends
+    on the databases, not only on its arguments.
+    """
+    kw.setdefault("retry_condition_fn", worth_retrying)
+
+    def wrap(f: Callable):
+        return task(
+            f,
+            name=f.__name__,
+            retries=retries,
+            retry_delay_seconds=list(retry_delay_seconds),
+            cache_policy=NO_CACHE,
+            persist_result=False,
+            **kw,
+        )
+    return wrap(fn) if fn is not None else wrap

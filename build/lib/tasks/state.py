@@ -1,0 +1,138 @@
+"""What the migration remembers on the destination, in the `mongo_migrate_meta` database. Every
+collection of it is named and opened here, and its layout has a version, kept beside it:
+
+- `runs`: one document per spec digest (started, finished, the flow run, abandoned and why);
+- `copy_ranges`: the `_id` ranges each collection was cut into, so that a rerun cuts the same ones;
+- `copy_units`: the checkpoint of every copy range (resume point, documents, done);
+- `skipped_documents`: documents the destination refused under `on_document_error: skip`;
+- `sync_state`: one document per spec digest: the sync's start point and saved position, its status,
+  the unique indexes waiting for cutover, parked unique-key conflicts;
+- `schema`: `{_id: "layout", version: STATE_VERSION}`.
+
+A rerun of an unfinished spec continues from them; a fresh run of the spec clears them first. State
+written by an older mongo-migrate is upgraded as a run starts (before anything else is written);
+state written by a newer one stops the run with one line that says what to do.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Callable
+
+from pydantic import BaseModel
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+from blocks.errors import BadInput
+from blocks.mongo import open_client
+from blocks.spec import META_DATABASE, MigrationSpec
+from tasks.common import step
+from tasks.namespaces import MigrationPlan
+
+RUNS = "runs"
+COPY_RANGES = "copy_ranges"
+COPY_UNITS = "copy_units"
+SKIPPED_DOCUMENTS = "skipped_documents"
+SYNC_STATE = "sync_state"
+SCHEMA = "schema"
+
+# The layout of the collections above. 0 is the state of mongo-migrate before the layout had a version
+# (the same documents as 1). A change of layout adds its upgrade to UPGRADES and bumps the version.
+STATE_VERSION = 1
+UPGRADES: dict[int, Callable[[Database], None]] = {0: lambda meta: None}
+
+
+class StateTooNew(BadInput):
+    """The destination's migration state was written by a newer mongo-migrate."""
+
+
+def meta_database(spec: MigrationSpec) -> Database:
+    return open_client(spec.destination.resolve())[META_DATABASE]
+
+
+def state_collection(spec: MigrationSpec, name: str) -> Collection:
+    return meta_database(spec)[name]
+
+
+def sync_state_collection(spec: MigrationSpec) -> Collection:
+    return state_collection(spec, SYNC_STATE)
+
+
+def read_sync_state(spec: MigrationSpec) -> dict | None:
+    return sync_state_collection(spec).find_one({"_id": spec.digest()})
+
+
+def resumable_run(spec: MigrationSpec) -> dict | None:
+    """The state of an unfinished earlier run of this same spec, if the destination has one."""
+    return state_collection(spec, RUNS).find_one({"_id": spec.digest(), "finished": {"$ne": True}})
+
+
+def ensure_state_version(meta: Database) -> int:
+    """Upgrade the state to STATE_VERSION (returns the version found), or StateTooNew."""
+    found = meta[SCHEMA].find_one({"_id": "layout"})
+    version = found["version"] if found else (0 if meta.list_collection_names() else STATE_VERSION)
+    if version > STATE_VERSION:
+        raise StateTooNew(
+            f"the migration state on the destination ({META_DATABASE}) was written by a newer "
+            f"mongo-migrate (state version {version}, this one knows {STATE_VERSION}): run the newer "
+            f"mongo-migrate, or drop the {META_DATABASE} database to start every migration over")
+    for step_from in range(version, STATE_VERSION):
+        UPGRADES[step_from](meta)
+    if found is None or version != STATE_VERSION:
+        meta[SCHEMA].replace_one({"_id": "layout"}, {"version": STATE_VERSION,
+                                                    "updated": datetime.now(timezone.utc)}, upsert=True)
+    return version
+
+
+class RunState(BaseModel):
+    digest: str
+    resumed: bool
+
+
+def start_run(spec: MigrationSpec, plan: MigrationPlan, flow_run_id: str | None) -> RunState:
+    """Record the run; a fresh run (not a resumed one) first clears stale state and, when the spec
+    says so, drops target collections that hold data."""
+    dest = open_client(spec.destination.resolve())
+    meta = dest[META_DATABASE]
+    ensure_state_version(meta)
+    digest = spec.digest()
+    resumed = resumable_run(spec) is not None
+    if not resumed:
+        meta[COPY_UNITS].delete_many({"_id": {"$regex": f"^{re.escape(digest)}:"}})
+        meta[SKIPPED_DOCUMENTS].delete_many({"run": digest})
+        meta[COPY_RANGES].delete_many({"_id": {"$regex": f"^{re.escape(digest)}:"}})
+        if spec.copy_options.drop_existing_targets:
+            # exactly the plan's targets, which the precheck listed; never the state database, admin
+            # or local (the spec refuses mappings into them: this keeps it so if that ever slips)
+            for p in plan.collections:
+                if p.target_db in (META_DATABASE, "admin", "local"):
+                    raise RuntimeError(f"refusing to drop {p.target_ns}: {p.target_db} is not a target database")
+                dest[p.target_db].drop_collection(p.target_name)
+    now = datetime.now(timezone.utc)
+    meta[RUNS].update_one(
+        {"_id": digest},
+        {"$set": {"flow_run_id": flow_run_id, "source": spec.source.display(),
+                  "destination": spec.destination.display(), "finished": False, "updated": now},
+         "$setOnInsert": {"started": now}},
+        upsert=True,
+    )
+    return RunState(digest=digest, resumed=resumed)
+
+
+def finish_run(spec: MigrationSpec) -> None:
+    state_collection(spec, RUNS).update_one(
+        {"_id": spec.digest()}, {"$set": {"finished": True, "updated": datetime.now(timezone.utc)}}
+    )
+
+
+def abandon_run(spec: MigrationSpec, reason: str) -> None:
+    """The run cannot continue (its sync position left the oplog): mark it over, so that running the
+    spec again starts a fresh full migration instead of resuming this one."""
+    meta = meta_database(spec)
+    meta[RUNS].update_one({"_id": spec.digest()}, {"$set": {
+        "finished": True, "abandoned": reason, "updated": datetime.now(timezone.utc)}})
+    meta[SYNC_STATE].update_one({"_id": spec.digest()}, {"$set": {"status": "abandoned"}})
+
+
+start_run_task = step(start_run)
+finish_run_task = step(finish_run)

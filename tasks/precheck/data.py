@@ -1,0 +1,229 @@
+"""Item 12: data the destination cannot take, found by reading the source's documents (near-16 MB
+documents and field names only for incremental runs; _id types, TTL-expired documents, views)."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Optional
+
+import bson
+from bson.codec_options import CodecOptions
+from pymongo import ASCENDING, DESCENDING
+
+from blocks.mongo import open_client, server_hello
+from blocks.spec import MigrationSpec
+from tasks.common import version_tuple
+from tasks.connect import EndpointInfo
+from tasks.copy import document_offsets
+from tasks.namespaces import CollectionPlan, MigrationPlan
+from tasks.precheck.inventory import CollectionFacts, SourceInventory, inventory_unreadable
+from tasks.precheck.report import CheckResult, MiB, check_item, failed, listing, passed, warning
+
+
+DATA_COMPATIBILITY = "data compatibility"
+MAX_BSON_SIZE = 16 * MiB
+LARGE_DOCUMENT_BYTES = MAX_BSON_SIZE - MiB  # "within 1 MB of 16 MB"
+
+
+# -- 12: data compatibility scan ---------------------------------------------------------------
+
+def large_documents(spec: MigrationSpec, plan: CollectionPlan, limit: int = LARGE_DOCUMENT_BYTES,
+                    source_version: str = "6.0") -> tuple[int, int]:
+    """(how many documents are over `limit` bytes, the largest size) — computed by the server, or
+    before 4.4 (no $bsonSize) from the length each raw document starts with."""
+    coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
+    if version_tuple(source_version) < (4, 4):
+        over = []
+        for batch in coll.find_raw_batches({}):
+            starts = document_offsets(batch)
+            sizes = [end - start for start, end in zip(starts, [*starts[1:], len(batch)])]
+            over += [size for size in sizes if size > limit]
+        return len(over), max(over, default=0)
+    out = list(coll.aggregate([
+        {"$project": {"_id": 0, "size": {"$bsonSize": "$$ROOT"}}},
+        {"$match": {"size": {"$gt": limit}}},
+        {"$group": {"_id": None, "n": {"$sum": 1}, "max": {"$max": "$size"}}},
+    ]))
+    return (out[0]["n"], out[0]["max"]) if out else (0, 0)
+
+
+# field names are what is looked at: a string value that is not valid UTF-8 must not stop the scan
+_LENIENT = CodecOptions(unicode_decode_error_handler="replace")
+
+
+def _bad_field_name(key: str) -> bool:
+    return key.startswith("$") and key not in ("$ref", "$id", "$db") or "." in key
+
+
+def _walk_names(value, path: str, found: list[str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if _bad_field_name(k):
+                found.append(f"{path}{k}")
+            _walk_names(v, f"{path}{k}.", found)
+    elif isinstance(value, list):
+        for v in value:
+            _walk_names(v, path, found)
+
+
+def rejected_field_names(spec: MigrationSpec, plan: CollectionPlan, destination_version: str) -> tuple[int, list[str]]:
+    """Documents whose field names a destination older than 5.0 refuses ('$'-prefixed or dotted), and
+    some of the names. 5.0+ accepts them, so nothing is read then."""
+    if version_tuple(destination_version) >= (5, 0):
+        return 0, []
+    coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
+    count, names = 0, []
+    for raw in coll.find_raw_batches({}):
+        for doc in bson.decode_all(raw, _LENIENT):
+            found: list[str] = []
+            _walk_names(doc, "", found)
+            if found:
+                count += 1
+                names += [n for n in found if n not in names][: 5 - len(names)]
+    return count, names
+
+
+_NUMBERS = {"int", "long", "double", "decimal"}
+
+
+def _canonical(type_name: str) -> str:
+    # numbers compare (and sort) as one type in an index; so do strings and symbols
+    return "number" if type_name in _NUMBERS else "string" if type_name == "symbol" else type_name
+
+
+def id_types(spec: MigrationSpec, plan: CollectionPlan) -> dict[str, int]:
+    """{BSON type: documents} when the collection's _id values are of several types, else {}.
+    The _id index is sorted by type first, so its two ends tell whether there is more than one."""
+    coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
+    ends = []
+    for direction in (ASCENDING, DESCENDING):
+        doc = next(coll.aggregate([{"$sort": {"_id": direction}}, {"$limit": 1},
+                                   {"$project": {"t": {"$type": "$_id"}}}]), None)
+        if doc is None:
+            return {}
+        ends.append(_canonical(doc["t"]))
+    if ends[0] == ends[1]:
+        return {}
+    return {d["_id"]: d["n"] for d in coll.aggregate(
+        [{"$group": {"_id": {"$type": "$_id"}, "n": {"$sum": 1}}}, {"$sort": {"n": -1, "_id": 1}}])}
+
+
+def expired_by_ttl(spec: MigrationSpec, plan: CollectionPlan, index: dict, now: datetime) -> int:
+    """Documents a TTL index will delete as soon as the destination's TTL monitor sees them."""
+    field = next(iter(index["key"]))
+    cutoff = now - timedelta(seconds=int(index["expireAfterSeconds"]))
+    query = {field: {"$lt": cutoff}}
+    if index.get("partialFilterExpression"):
+        query = {"$and": [query, index["partialFilterExpression"]]}
+    coll = open_client(spec.source.resolve())[plan.source_db][plan.source_name]
+    return coll.count_documents(query)
+
+
+def views_without_source(spec: MigrationSpec, plan: MigrationPlan) -> list[str]:
+    """Views reading a collection that is not on the source, or not selected (empty on arrival)."""
+    client = open_client(spec.source.resolve())
+    selected = {p.source_ns for p in plan.collections}
+    found = []
+    names_by_db: dict[str, set[str]] = {}
+    for v in plan.views:
+        view_on = v.options.get("viewOn")
+        if v.source_db not in names_by_db:
+            names_by_db[v.source_db] = set(client[v.source_db].list_collection_names())
+        if view_on not in names_by_db[v.source_db]:
+            found.append(f"{v.source_ns} reads {v.source_db}.{view_on}, which does not exist")
+        elif f"{v.source_db}.{view_on}" not in selected:
+            found.append(f"{v.source_ns} reads {v.source_db}.{view_on}, which is not selected")
+    return found
+
+
+@check_item(DATA_COMPATIBILITY)
+def check_data_compatibility(spec: MigrationSpec, plan: MigrationPlan, destination: EndpointInfo,
+                             inventory: SourceInventory,
+                             source: Optional[EndpointInfo] = None) -> list[CheckResult]:
+    """Item 12: a scan of the source data for what would break on arrival or during the sync."""
+    if inventory.error:
+        return [inventory_unreadable(DATA_COMPATIBILITY, inventory)]
+    rows: list[CheckResult] = []
+    name = DATA_COMPATIBILITY
+    collections = [c for c in inventory.collections if c.plan.kind == "collection"]
+
+    def scan(c: CollectionFacts) -> tuple[tuple[int, int], tuple[int, list[str]], dict[str, int]]:
+        # near-16 MB documents only matter to the sync (a change event carrying one): a full run
+        # copies them as they are, and skips this read of every document
+        large = large_documents(spec, c.plan, source_version=source.version if source else "6.0") \
+            if spec.incremental else (0, 0)
+        names = rejected_field_names(spec, c.plan, destination.version or "0")
+        types = {} if "clusteredIndex" in c.plan.options else id_types(spec, c.plan)
+        return large, names, types
+
+    # the collections side by side: each scan is the server's work (or, for old versions, a read)
+    with ThreadPoolExecutor(max_workers=spec.copy_options.parallel_workers) as pool:
+        scans = list(pool.map(scan, collections))
+
+    large = [f"{c.plan.source_ns}: {n} (largest {biggest / MiB:.1f} MiB)"
+             for c, ((n, biggest), _, _) in zip(collections, scans) if n]
+    if large:
+        rows.append(warning(f"{name}: large documents",
+                            "documents within 1 MB of the 16 MB limit: " + "; ".join(large),
+                            "they copy as they are, but an update that grows one fails, and a change "
+                            "event carrying one can exceed 16 MB and stop the incremental sync: "
+                            "split them (e.g. GridFS) or keep them unchanged until cutover"))
+
+    bad_names = [f"{c.plan.source_ns}: {n} documents ({', '.join(names)})"
+                 for c, (_, (n, names), _) in zip(collections, scans) if n]
+    if bad_names:
+        rows.append(failed(f"{name}: field names",
+                           f"MongoDB {destination.version} refuses '$'-prefixed and dotted field names: "
+                           + "; ".join(bad_names),
+                           "use a destination of MongoDB 5.0 or later, or rename those fields on the source"))
+
+    mixed = [f"{c.plan.source_ns}: " + ", ".join(f"{t} {n:,}" for t, n in types.items())
+             for c, (_, _, types) in zip(collections, scans) if types]
+    if mixed:
+        rows.append(warning(f"{name}: mixed _id types", "_id values of several BSON types: "
+                            + "; ".join(mixed[:5]),
+                            "nothing to do for the copy (ranges follow BSON order); check that "
+                            "applications expecting one _id type are ready for the others"))
+
+    series = [c.plan.source_ns for c in inventory.collections if c.plan.kind == "timeseries"]
+    if series and spec.incremental:
+        rows.append(warning(f"{name}: time-series",
+                            "time-series collections are copied, but change streams do not cover "
+                            "them: writes after the copy starts are not carried over: " + listing(series),
+                            "stop writes to those collections before the migration starts, or "
+                            "migrate them in a separate full run at cutover"))
+
+    orphans = views_without_source(spec, plan)
+    if orphans:
+        rows.append(warning(f"{name}: views", "views whose source is missing: " + "; ".join(orphans[:5]),
+                            "select the collections they read, or drop the views: on the destination "
+                            "they return nothing"))
+
+    now = server_hello(open_client(spec.source.resolve()))["localTime"].replace(tzinfo=None)
+    expiring = []
+    for c in inventory.collections:
+        if c.plan.kind != "collection":
+            continue
+        ttl_indexes = [ix for ix in c.indexes if "expireAfterSeconds" in ix and len(ix.get("key", {})) == 1]
+        if "clusteredIndex" in c.plan.options and "expireAfterSeconds" in c.plan.options:
+            # a clustered collection's own TTL works on its _id (a date)
+            ttl_indexes.append({"name": "clustered _id", "key": {"_id": 1},
+                                "expireAfterSeconds": c.plan.options["expireAfterSeconds"]})
+        for ix in ttl_indexes:
+            n = expired_by_ttl(spec, c.plan, ix, now)
+            if n:
+                expiring.append(f"{c.plan.source_ns}: {n:,} documents past the TTL of index "
+                                f"{ix['name']} ({int(ix['expireAfterSeconds'])} s)")
+    if expiring:
+        rows.append(warning(f"{name}: TTL indexes",
+                            "would be deleted by the destination soon after they arrive: " + "; ".join(expiring),
+                            "expected if the source's TTL monitor is behind; the verification will then "
+                            "count fewer documents on the destination. Delete them on the source first "
+                            "for equal counts"))
+
+    if rows:
+        return rows
+    return [passed(name, f"{len(inventory.collections)} collections scanned: "
+                   + ("no document near 16 MB, " if spec.incremental else "")
+                   + "no field name the destination refuses, one _id type each, no view without its "
+                   "source, nothing past a TTL" + (f"; {len(series)} time-series" if series else ""))]
