@@ -1,8 +1,9 @@
 """How to reach a MongoDB deployment: plain connection settings and the `MongoEndpoint` block.
 
 `MongoConnection` is a plain pydantic model (it crosses task boundaries); `MongoEndpoint` is the same
-fields saved as a Prefect block, with the password kept as a secret. Clients are opened from either
-with `open_client`, never passed around.
+fields saved as a Prefect block, with the password kept as a secret, and owns its client
+(`get_client`) as Prefect's own integration blocks do. Clients are opened from either with
+`open_client`, never passed around.
 """
 from __future__ import annotations
 
@@ -159,11 +160,25 @@ class MongoEndpoint(Block, MongoConnection):
     _block_type_name = "MongoEndpoint"
     _block_type_slug = "mongoendpoint"
     _description = "A MongoDB deployment: URI, credentials (password kept secret) and TLS options."
+    _documentation_url = "https://www.mongodb.com/docs/manual/reference/connection-string/"  # type: ignore[assignment]
+    _code_example = """
+```python
+from blocks.mongo import MongoEndpoint
+
+endpoint = MongoEndpoint.load("BLOCK_NAME")
+client = endpoint.get_client()  # pymongo's MongoClient, pooled per process
+print(client.admin.command("ping"))
+```
+"""
 
     def connection(self) -> MongoConnection:
         return MongoConnection.model_validate(
             {name: getattr(self, name) for name in MongoConnection.model_fields}
         )
+
+    def get_client(self, *, raw: bool = False) -> MongoClient:
+        """The pooled client for this deployment (open_client): one per process and settings."""
+        return open_client(self.connection(), raw=raw)
 
 
 def server_hello(client: MongoClient) -> dict:

@@ -1,24 +1,13 @@
-"""Slack messages about a migration: built as Block Kit, sent with slack_sdk, never fatal.
+"""Slack messages about a migration, built as Block Kit and sent by the spec's `SlackNotifier`
+(blocks/slack.py: its client, retries and the never-fatal send).
 
-Every `notify_*` function returns whether Slack took the message. A Slack outage is logged as a warning
-and costs at most `SlackNotifier.worst_case_seconds()`: slack_sdk's own retry handlers retry rate
-limits (429, honouring a short Retry-After), server errors (5xx) and connection errors with backoff.
+Every `notify_*` function returns whether Slack took the message; a Slack outage is a warning and
+costs at most `SlackNotifier.worst_case_seconds()`.
 """
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any, Optional
-
-from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
-from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
-from slack_sdk.http_retry.handler import RetryHandler
-from slack_sdk.webhook import WebhookClient
-from slack_sdk.web import WebClient
 
 from blocks.slack import Event, SlackNotifier
 
@@ -27,87 +16,15 @@ if TYPE_CHECKING:
     from tasks.precheck import PrecheckReport
 
 log = logging.getLogger("mongo_migrate.notify")
-# slack_sdk logs each failed attempt as an ERROR; the one warning below says it once, without the URL
-_sdk_log = logging.getLogger("mongo_migrate.notify.slack_sdk")
-_sdk_log.setLevel(logging.CRITICAL)
 
 MAX_TEXT = 2900  # Slack refuses section texts over 3000 characters
 MAX_ITEMS = 20  # and messages over 50 blocks
 
 
-class AnyServerErrorRetryHandler(ServerErrorRetryHandler):
-    """slack_sdk's server-error handler retries 500 and 503 only; a proxy's 502 or 504 is as passing."""
-
-    def _can_retry(self, *, state, request, response=None, error=None) -> bool:
-        return response is not None and 500 <= response.status_code < 600
-
-
-class ShortRateLimitRetryHandler(RateLimitErrorRetryHandler):
-    """slack_sdk's rate-limit handler, but only when Retry-After is short: the migration never waits
-    longer than `max_retry_after_s` for Slack."""
-
-    def __init__(self, max_retry_count: int, max_retry_after_s: float) -> None:
-        super().__init__(max_retry_count=max_retry_count)
-        self.max_retry_after_s = max_retry_after_s
-
-    def _can_retry(self, *, state, request, response=None, error=None) -> bool:
-        if not super()._can_retry(state=state, request=request, response=response, error=error):
-            return False
-        for name, values in response.headers.items():
-            if name.lower() == "retry-after":
-                try:
-                    return float(values[0]) <= self.max_retry_after_s
-                except (ValueError, IndexError):
-                    return False
-        return True  # no Retry-After: slack_sdk waits 1-2 s
-
-
-def retry_handlers(notifier: SlackNotifier) -> list[RetryHandler]:
-    backoff = BackoffRetryIntervalCalculator(backoff_factor=0.5)
-    n = notifier.max_retries
-    return [
-        ConnectionErrorRetryHandler(max_retry_count=n, interval_calculator=backoff),
-        ShortRateLimitRetryHandler(n, notifier.max_retry_after_s),
-        AnyServerErrorRetryHandler(max_retry_count=n, interval_calculator=backoff),
-    ]
-
-
-def send_slack(notifier: SlackNotifier, text: str, blocks: list[dict]) -> bool:
-    """Post one message; True if Slack accepted it. Never raises: failures are logged as warnings."""
-    try:
-        if notifier.webhook_url is not None:
-            client = WebhookClient(
-                notifier.webhook_url.get_secret_value(), timeout=notifier.timeout_s,
-                retry_handlers=retry_handlers(notifier), logger=_sdk_log,
-            )
-            response = client.send(text=text, blocks=blocks)
-            if response.status_code == 200:
-                return True
-            log.warning("Slack did not take the message: HTTP %s %s", response.status_code,
-                        (response.body or "")[:200])
-            return False
-        web = WebClient(
-            token=notifier.bot_token.get_secret_value() if notifier.bot_token else None,
-            base_url=notifier.api_base_url, timeout=notifier.timeout_s,
-            retry_handlers=retry_handlers(notifier), logger=_sdk_log,
-        )
-        web.chat_postMessage(channel=notifier.channel, text=text, blocks=blocks)
-        return True
-    except SlackApiError as exc:
-        error = exc.response.get("error") if exc.response is not None else None
-        status = exc.response.status_code if exc.response is not None else "?"
-        log.warning("Slack did not take the message: HTTP %s %s", status, error or "")
-    except Exception as exc:  # noqa: BLE001 - a Slack outage must never fail the migration
-        # the exception text may hold the webhook URL (a secret): name only its kind and reason
-        reason = getattr(exc, "reason", None) or type(exc).__name__
-        log.warning("Slack could not be reached: %s", reason)
-    return False
-
-
 def notify(notifier: Optional[SlackNotifier], event: Event, text: str, blocks: list[dict]) -> bool:
     if notifier is None or not notifier.sends(event):
         return False
-    return send_slack(notifier, text, blocks)
+    return notifier.send(text, blocks)
 
 
 def notifier_for(spec: "MigrationSpec") -> Optional[SlackNotifier]:

@@ -16,7 +16,7 @@ from blocks.slack import SlackNotifier
 from blocks.spec import SpecError, parse_spec
 from flows.migrate import migrate
 from sandbox.mongod import free_port
-from tasks.notify import notify_migration_failed, notify_precheck_failed, notify_ready_for_cutover, send_slack
+from tasks.notify import notify_migration_failed, notify_precheck_failed, notify_ready_for_cutover
 from tasks.precheck import PrecheckReport, check_notifications, failed, passed
 from tests.slack_server import SlackServer
 
@@ -160,13 +160,13 @@ def test_rate_limits_are_retried_after_the_wait_slack_asks_for(slack):
     notifier = SlackNotifier(webhook_url=slack.webhook_url)
     slack.answer(429, times=2, retry_after=1)
     started = time.monotonic()
-    assert send_slack(notifier, "hello", []) is True
+    assert notifier.send("hello", []) is True
     assert len(slack.received) == 3 and time.monotonic() - started >= 2.0
 
     # a Retry-After longer than the notifier accepts is not waited for
     slack.answer(429, retry_after=120)
     started = time.monotonic()
-    assert send_slack(notifier, "hello", []) is False
+    assert notifier.send("hello", []) is False
     assert len(slack.received) == 4 and time.monotonic() - started < 2.0
 
 
@@ -189,7 +189,7 @@ def test_an_outage_costs_a_bounded_time_and_a_warning(outage, slack, silent_port
     notifier = SlackNotifier(webhook_url=url, timeout_s=1, max_retries=2)
     caplog.set_level(logging.WARNING, logger="mongo_migrate.notify")
     started = time.monotonic()
-    assert send_slack(notifier, "hello", []) is False
+    assert notifier.send("hello", []) is False
     elapsed = time.monotonic() - started
     assert elapsed <= notifier.worst_case_seconds()
     assert [r.levelname for r in caplog.records if r.name == "mongo_migrate.notify"] == ["WARNING"]

@@ -1,1 +1,0 @@
-"""Configuration people save in Prefect: the migration spec and the endpoint/notifier blocks."""

@@ -1,1 +1,0 @@
-"""Composition: the Prefect flows and the CLI that runs them."""
