@@ -133,7 +133,9 @@ class CopyProgress:
         snapshot = self.snapshot()
         for ns, artifact in self.bars.items():
             self._show(artifact, self._percent([ns]))
-        eta = "" if snapshot.eta_s is None else f", about {format_duration(snapshot.eta_s)} left"
+        finished = all(self.remaining[ns] <= 0 for ns in self.plans)
+        eta = ", done" if finished else ("" if snapshot.eta_s is None else
+                                         f", about {format_duration(snapshot.eta_s)} left")
         self._show(self.overall, self._percent(list(self.plans)),
                    f"Full copy: {len(self.plans)} collection{'' if len(self.plans) == 1 else 's'}, "
                    f"{sum(self.copied.values()):,} of about {sum(self.expected.values()):,} documents, "

@@ -80,7 +80,8 @@ class TerminalProgress:
         expected = sum(c.expected for c in snap.collections)
         done = sum(c.finished for c in snap.collections)
         percent = 100.0 if done == len(snap.collections) else 100.0 * copied / max(expected, 1)
-        left = "" if snap.eta_s is None else f", about {format_duration(snap.eta_s)} left"
+        left = ", done" if done == len(snap.collections) else (
+            "" if snap.eta_s is None else f", about {format_duration(snap.eta_s)} left")
         return (f"full copy: {percent:.0f}% ({copied:,} of about {expected:,} documents; {done} of "
                 f"{len(snap.collections)} collections done), {snap.docs_per_s:,.0f} docs/s{left}")
 
