@@ -177,6 +177,35 @@ def _prefetch(batches: Iterable[T], depth: int = 2) -> Iterator[T]:
                 t.join(0.05)
 
 
+def read_raw_range(coll: Collection, plan: CollectionPlan, lower: dict | None, upper: dict | None,
+                   batch_docs: int, projection: dict | None = None) -> Iterator[bytes]:
+    """The raw server batches of a collection's documents from `lower` (inclusive, `{"_id": v}`) to
+    `upper` (exclusive), in `_id` order: the one reader of the copy, verification and the cutover's
+    re-copy. Each batch is the documents' bytes end to end, at most `batch_docs` documents and never
+    over 16 MB, so memory stays bounded whatever the documents' sizes.
+
+    A capped collection is read whole in natural (insertion) order, which is part of its data. Time-
+    series buckets are clustered (natural order is `_id` order) and list no `_id` index on 5.0 to hint
+    or bound: `lower` becomes a filter, exact as bucket `_id`s are all ObjectIds. Anything else walks
+    the `_id` index (the clustered one too) with index bounds: min/max follow BSON order across types,
+    where a {$gte: ...} query would only match the bound's own type."""
+    if _capped(plan):
+        return iter(coll.find_raw_batches({}, projection, batch_size=batch_docs, cursor_type=CursorType.EXHAUST))
+    if plan.kind == "timeseries":
+        query = {} if lower is None else {"_id": {"$gte": lower["_id"]}}
+        return iter(coll.find_raw_batches(query, projection, batch_size=batch_docs,
+                                          cursor_type=CursorType.EXHAUST))
+    cursor = coll.find_raw_batches({}, projection, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
+    cursor = cursor.hint([("_id", ASCENDING)])
+    if lower is not None:
+        cursor = cursor.min(list(lower.items()))
+    if upper is not None:
+        cursor = cursor.max(list(upper.items()))
+    elif lower is not None:
+        return with_max_key(cursor, coll, projection)
+    return iter(cursor)
+
+
 def with_max_key(batches: Iterable[bytes], coll: Collection, projection: dict | None = None) -> Iterator[bytes]:
     """The batches of an `_id` index scan from `min` with no `max`, and the document whose _id is
     MaxKey: a regular index's scan stops before it (seen on 6.0), a clustered one's does not."""
@@ -352,29 +381,7 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
         # so every attempt empties the target (it holds only this run's documents) and starts over
         target.delete_many({})
         state, lower = {}, None
-        cursor = source.find_raw_batches({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
-    elif plan.kind == "timeseries":
-        # a buckets collection is clustered: its natural order is _id order. It is never split, and on
-        # 5.0 it lists no _id index to hint (nor so to min() from); a resumed attempt filters instead,
-        # which is exact here because bucket _ids are all ObjectIds (the buckets' validator says so)
-        query = {} if lower is None else {"_id": {"$gte": lower["_id"]}}
-        cursor = source.find_raw_batches(query, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
-        lower = None  # nothing more to bound (nor the MaxKey _id to add below)
-    else:
-        # walk the _id index (the clustered one too) with index bounds: min/max follow BSON order
-        # across types, where a {$gte: ...} query would only match the bound's own type
-        cursor = source.find_raw_batches({}, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
-        cursor = cursor.hint([("_id", ASCENDING)])
-        if lower is not None:
-            cursor = cursor.min(list(lower.items()))
-        if upper is not None:
-            cursor = cursor.max(list(upper.items()))
-    # one server reply at a time: at most batch_docs documents and never over 16 MB, whatever the
-    # documents' sizes, so memory stays bounded
-    # (each batch is the documents' bytes end to end, straight from the server's reply)
-    batches: Iterable[bytes] = cursor
-    if lower is not None and upper is None:
-        batches = with_max_key(batches, source)
+    batches = read_raw_range(source, plan, lower, upper, batch_docs)
     skip_refused = None
     if spec.copy_options.on_document_error == "skip":
         skipped = state_collection(spec, SKIPPED_DOCUMENTS)

@@ -32,15 +32,13 @@ from bson import json_util
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.json_util import JSONMode, JSONOptions
 from pydantic import BaseModel, computed_field
-from pymongo import ASCENDING, CursorType
 from pymongo.collection import Collection
 
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
 from tasks.common import RAW, from_ejson, step, to_ejson
 from tasks.digest import DIGEST_MOD, StreamHash, digest_raw_batch, document_hash
-from tasks.copy import (CopyRange, CopyStats, document_offsets, splittable, split_collection,
-                        with_max_key)
+from tasks.copy import CopyRange, CopyStats, document_offsets, read_raw_range, split_collection, splittable
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 from tasks.schema import map_view_pipeline, view_source_name
 from tasks.state import SKIPPED_DOCUMENTS, state_collection
@@ -145,19 +143,10 @@ class RangeDigest(NamedTuple):
 def range_batches(spec: MigrationSpec, rng: CopyRange, side: Side, ids_only: bool = False) -> Iterator[bytes]:
     """The raw batches of one `_id` range on one side, bounded as the copy bounds it; with `ids_only`,
     documents of their `_id` alone, which the server reads from the `_id` index (a covered scan)."""
-    coll = _collection(spec, rng.plan, side)
-    projection = {"_id": 1} if ids_only else None
-    cursor = coll.find_raw_batches({}, projection, batch_size=ID_BATCH_DOCS if ids_only else VERIFY_BATCH_DOCS,
-                                   cursor_type=CursorType.EXHAUST)
-    if splittable(rng.plan):
-        cursor = cursor.hint([("_id", ASCENDING)])
-        if rng.lower_ejson:
-            cursor = cursor.min(list(from_ejson(rng.lower_ejson).items()))
-        if rng.upper_ejson:
-            cursor = cursor.max(list(from_ejson(rng.upper_ejson).items()))
-        elif rng.lower_ejson:
-            return with_max_key(cursor, coll, projection)
-    return iter(cursor)
+    return read_raw_range(_collection(spec, rng.plan, side), rng.plan,
+                          from_ejson(rng.lower_ejson) if rng.lower_ejson else None,
+                          from_ejson(rng.upper_ejson) if rng.upper_ejson else None,
+                          ID_BATCH_DOCS if ids_only else VERIFY_BATCH_DOCS, {"_id": 1} if ids_only else None)
 
 
 def count_range_ids(spec: MigrationSpec, rng: CopyRange) -> int:

@@ -16,7 +16,7 @@ from blocks.errors import ChangeApplyError
 from blocks.mongo import open_client
 from blocks.spec import MigrationSpec
 from tasks.common import DUPLICATE_KEY, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND, RAW, to_ejson
-from tasks.copy import insert_raw_stream
+from tasks.copy import insert_raw_stream, read_raw_range
 from tasks.namespaces import CollectionPlan, NamespaceMapper
 from tasks.schema import build_indexes, create_target_collection, create_views
 from tasks.sync.conflicts import UniqueConflicts
@@ -47,9 +47,7 @@ def recopy_collection(spec: MigrationSpec, source: Target, target: Target) -> in
     reader = src[plan.source_db].get_collection(plan.data_collection, codec_options=RAW)
     writer = dst[plan.target_db].get_collection(plan.target_data_collection, codec_options=RAW)
     copied = 0
-    batch = spec.copy_options.batch_docs
-    # natural order: a capped collection keeps its order
-    for stream in reader.find_raw_batches({}, batch_size=batch):
+    for stream in read_raw_range(reader, plan, None, None, spec.copy_options.batch_docs):
         copied += insert_raw_stream(writer, stream, plan.target_ns)[1]
     build_indexes(spec, plan)
     return copied
