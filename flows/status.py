@@ -88,9 +88,15 @@ def read_status(spec: MigrationSpec) -> MigrationStatus:
     if run.get("abandoned"):
         status.last_error = run["abandoned"]
 
-    if position is not None and status.stage in ("syncing", "waiting for approval", "stopped without cutover",
-                                                  "failed", "copying", "starting"):
-        _sync_figures(spec, status, position, digest, live=status.stage in ("syncing", "waiting for approval"))
+    # the delay means something once the sync has run (a failed one included); during the copy the
+    # changes wait in the oplog, and only the window left matters
+    live = status.stage in ("syncing", "waiting for approval")
+    if position is None or status.stage in ("finished", "cut over, verifying", "abandoned"):
+        return status
+    if live or status.stage == "stopped without cutover" or sync.get("cluster_time"):
+        _sync_figures(spec, status, position, digest, live=live)
+    else:
+        _oplog_window(spec, status, position)
     return status
 
 
@@ -175,8 +181,16 @@ def _sync_figures(spec: MigrationSpec, status: MigrationStatus, position, digest
             now = source.admin.command("ping")["operationTime"]
             status.delay_s = float(max(now.time - position.time, 0))
             status.delay_from = "saved position"
-        if status.oplog_window_left_s is None:
-            status.oplog_window_left_s = oplog_window_left_s(spec.source.resolve(), position)
+    except Exception as exc:  # noqa: BLE001 - the source may be down; the rest still stands
+        status.unavailable.append(f"source: {type(exc).__name__}: {str(exc)[:200]}")
+        return
+    if status.oplog_window_left_s is None:
+        _oplog_window(spec, status, position)
+
+
+def _oplog_window(spec: MigrationSpec, status: MigrationStatus, position) -> None:
+    try:
+        status.oplog_window_left_s = oplog_window_left_s(spec.source.resolve(), position)
     except Exception as exc:  # noqa: BLE001 - the source may be down; the rest still stands
         status.unavailable.append(f"source: {type(exc).__name__}: {str(exc)[:200]}")
 
