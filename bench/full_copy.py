@@ -14,6 +14,10 @@ the same run, --rounds times each onto an empty destination, in turn:
 --prefect temporary (no PREFECT_API_URL: the command starts Prefect's temporary server), server (a
 `prefect server start` running beside, as a Prefect user has) or both. Prints medians, and the
 whole command's throughput over the ceiling's (target >= 0.6, peak RSS < 400 MB).
+
+--skew measures a second layout after the even one, in the same run: the same number of documents
+with 90% of them in one collection (its ranges, range_docs each, spread over the workers), and prints
+its docs/s over the even layout's (target: within 10%).
 """
 from __future__ import annotations
 
@@ -51,13 +55,22 @@ def batches(n: int, start: int, doc_bytes: int, per_batch: int):
         yield batch
 
 
-def load(client, db: str, colls: list[str], n_per: int, doc_bytes: int, workers: int, pre: list | None = None):
-    """Insert n_per documents in each collection with `workers` threads; returns seconds taken."""
+def layout(total: int, collections: int, skew: bool) -> list[int]:
+    """Documents per collection: even, or 90% in the first and the rest spread over the others."""
+    if not skew or collections == 1:
+        return [total // collections] * collections
+    big = total * 9 // 10
+    return [big] + [(total - big) // (collections - 1)] * (collections - 1)
+
+
+def load(client, db: str, colls: list[str], sizes: list[int], doc_bytes: int, workers: int):
+    """Insert sizes[i] documents in collection colls[i] with `workers` threads; returns seconds taken."""
     jobs = []
-    for ci, name in enumerate(colls):
+    start = 0
+    for name, n in zip(colls, sizes):
         coll = client[db].get_collection(name, codec_options=RAW)
-        source = pre[ci] if pre is not None else list(batches(n_per, ci * n_per, doc_bytes, 1000))
-        jobs += [(coll, b) for b in source]
+        jobs += [(coll, b) for b in batches(n, start, doc_bytes, 1000)]
+        start += n
     t = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda job: job[0].insert_many(job[1], ordered=False), jobs))
@@ -92,19 +105,17 @@ def main() -> None:
     add_data_set_args(ap, default_docs=1_000_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--prefect", choices=["temporary", "server", "both"], default="both")
+    ap.add_argument("--skew", action="store_true",
+                    help="also 90%% of the documents in one collection (the same total), beside the even run")
     args = data_set(ap.parse_args())
-    n_per, colls, total_docs = args.n_per, args.colls, args.total
+    colls, total_docs = args.colls, args.total
     modes = ["temporary", "server"] if args.prefect == "both" else [args.prefect]
+    layouts = ["even", "skew"] if args.skew else ["even"]
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-full-copy-") as tmp, \
             Mongod(Path(tmp) / "src", replset="bsrc") as src, \
             Mongod(Path(tmp) / "dst", replset="bdst") as dst:
         sc, dc = src.client(), dst.client()
-        t = time.perf_counter()
-        load(sc, "bench", colls, n_per, args.doc_bytes, args.workers)
-        build_indexes(sc, "bench", colls, args.workers)
-        data_mb = sc.bench.command("dbStats")["dataSize"] / 1e6
-        print(f"seeded {total_docs:,} documents ({data_mb:,.0f} MB) in {time.perf_counter() - t:.1f}s")
-
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps({
             "source": {"uri": src.uri()}, "destination": {"uri": dst.uri()},
@@ -122,44 +133,70 @@ def main() -> None:
             subprocess.run([str(ROOT / ".venv/bin/prefect"), "server", "database", "upgrade", "-y"],
                            env=base_env, check=True, capture_output=True)
         try:
-            rows: dict[str, list] = {"ceiling": []} | {m: [] for m in modes}
-            for r in range(args.rounds):
-                insert_s, index_s = ceiling(src, dst, colls, args.workers)
-                rows["ceiling"].append((insert_s + index_s, insert_s, index_s))
-                print(f"round {r + 1}: ceiling {insert_s + index_s:.1f}s (insert {insert_s:.1f} + index {index_s:.1f})")
-                for mode in modes:
-                    env = dict(base_env)
-                    if mode == "server":
-                        env["PREFECT_API_URL"] = server[1]
-                    summary, wall, peak, _ = run_cli_json(["run", str(spec_path)], env)
-                    assert summary["counts_match"] and summary["docs"] == total_docs, summary
-                    rows[mode].append((wall, summary, peak))
-                    steps = ", ".join(f"{k} {v:.1f}" for k, v in summary["phases"].items())
-                    print(f"round {r + 1}: {mode:<9} whole {wall:.1f}s; steps {steps}; outside the flow "
-                          f"{wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB")
-                    dc.drop_database("bench")
-                    dc.drop_database("mongo_migrate_meta")
+            for name in layouts:
+                sizes = layout(total_docs, len(colls), name == "skew")
+                total_docs = sum(sizes)
+                sc.drop_database("bench")
+                t = time.perf_counter()
+                load(sc, "bench", colls, sizes, args.doc_bytes, args.workers)
+                build_indexes(sc, "bench", colls, args.workers)
+                data_mb = sc.bench.command("dbStats")["dataSize"] / 1e6
+                print(f"== {name}: {total_docs:,} documents ({data_mb:,.0f} MB) in collections of "
+                      f"{', '.join(f'{n:,}' for n in sizes)}, seeded in {time.perf_counter() - t:.1f}s")
+                results[name] = measure(args, src, dst, dc, spec_path, modes, base_env, server, total_docs, data_mb)
         finally:
             if server:
                 server[0].terminate()
                 server[0].wait(30)
+    if "skew" in results:
+        print("\n== 90% in one collection / evenly spread, measured in this run (target: within 10%: >= 0.90) ==")
+        for key in ("copy + indexes", *[f"whole command, {m}" for m in modes]):
+            even, skew = results["even"][key], results["skew"][key]
+            print(f"{key:<36} docs/s {skew:,.0f} / {even:,.0f} = {skew / even:.2f}")
 
-        ceil_s = statistics.median(c[0] for c in rows["ceiling"])
-        print(f"\nmedians of {args.rounds} round(s), {total_docs:,} documents, {data_mb:,.0f} MB")
-        print(f"{'':<36}{'seconds':>9}{'docs/s':>11}{'of ceiling':>12}{'peak RSS MB':>13}")
-        print(f"{'ceiling (insert + index)':<36}{ceil_s:>9.1f}{total_docs / ceil_s:>11,.0f}{1.0:>12.2f}{'-':>13}")
+
+def measure(args, src, dst, dc, spec_path: Path, modes: list[str], base_env: dict, server, total_docs: int,
+            data_mb: float) -> dict[str, float]:
+    """--rounds rounds of the ceiling and the migration (each mode) on the seeded source; prints the
+    medians and returns docs/s by measure."""
+    rows: dict[str, list] = {"ceiling": []} | {m: [] for m in modes}
+    for r in range(args.rounds):
+        insert_s, index_s = ceiling(src, dst, args.colls, args.workers)
+        rows["ceiling"].append((insert_s + index_s, insert_s, index_s))
+        print(f"round {r + 1}: ceiling {insert_s + index_s:.1f}s (insert {insert_s:.1f} + index {index_s:.1f})")
         for mode in modes:
-            copy_s = statistics.median(s["copy_seconds"] + s["index_seconds"] for _, s, _ in rows[mode])
-            wall = statistics.median(w for w, _, _ in rows[mode])
-            peak = max(p for _, _, p in rows[mode])
-            steps = {k: statistics.median(s["phases"][k] for _, s, _ in rows[mode]) for k in rows[mode][0][1]["phases"]}
-            print(f"{'migration copy + indexes':<36}{copy_s:>9.1f}{total_docs / copy_s:>11,.0f}"
-                  f"{ceil_s / copy_s:>12.2f}{'':>13}")
-            print(f"{'migration whole command, ' + mode:<36}{wall:>9.1f}{total_docs / wall:>11,.0f}"
-                  f"{ceil_s / wall:>12.2f}{peak:>13.0f}")
-            print("    steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
-                  + f"; outside the flow {wall - statistics.median(s['seconds'] for _, s, _ in rows[mode]):.1f}s")
-        print("targets: whole command >= 0.60 of the ceiling; peak RSS < 400 MB")
+            env = dict(base_env)
+            if mode == "server":
+                env["PREFECT_API_URL"] = server[1]
+            summary, wall, peak, _ = run_cli_json(["run", str(spec_path)], env)
+            assert summary["counts_match"] and summary["docs"] == total_docs, summary
+            rows[mode].append((wall, summary, peak))
+            steps = ", ".join(f"{k} {v:.1f}" for k, v in summary["phases"].items())
+            print(f"round {r + 1}: {mode:<9} whole {wall:.1f}s; steps {steps}; outside the flow "
+                  f"{wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB")
+            dc.drop_database("bench")
+            dc.drop_database("mongo_migrate_meta")
+
+    ceil_s = statistics.median(c[0] for c in rows["ceiling"])
+    print(f"\nmedians of {args.rounds} round(s), {total_docs:,} documents, {data_mb:,.0f} MB")
+    print(f"{'':<36}{'seconds':>9}{'docs/s':>11}{'of ceiling':>12}{'peak RSS MB':>13}")
+    print(f"{'ceiling (insert + index)':<36}{ceil_s:>9.1f}{total_docs / ceil_s:>11,.0f}{1.0:>12.2f}{'-':>13}")
+    rates = {"ceiling": total_docs / ceil_s}
+    for mode in modes:
+        copy_s = statistics.median(s["copy_seconds"] + s["index_seconds"] for _, s, _ in rows[mode])
+        wall = statistics.median(w for w, _, _ in rows[mode])
+        peak = max(p for _, _, p in rows[mode])
+        steps = {k: statistics.median(s["phases"][k] for _, s, _ in rows[mode]) for k in rows[mode][0][1]["phases"]}
+        print(f"{'migration copy + indexes':<36}{copy_s:>9.1f}{total_docs / copy_s:>11,.0f}"
+              f"{ceil_s / copy_s:>12.2f}{'':>13}")
+        print(f"{'migration whole command, ' + mode:<36}{wall:>9.1f}{total_docs / wall:>11,.0f}"
+              f"{ceil_s / wall:>12.2f}{peak:>13.0f}")
+        print("    steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
+              + f"; outside the flow {wall - statistics.median(s['seconds'] for _, s, _ in rows[mode]):.1f}s")
+        rates["copy + indexes"] = total_docs / copy_s
+        rates[f"whole command, {mode}"] = total_docs / wall
+    print("targets: whole command >= 0.60 of the ceiling; peak RSS < 400 MB", flush=True)
+    return rates
 
 
 if __name__ == "__main__":

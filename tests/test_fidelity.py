@@ -164,6 +164,22 @@ def test_mixed_id_types_across_copy_ranges(src_client, dst_client, spec_for, mon
     assert_same_documents(src_client, dst_client, "ids.mixed")
 
 
+def test_a_collection_of_mixed_id_types_splits_into_even_ranges(src_client, spec_for):
+    """ObjectId, int, string and UUID _ids, 2,500 of each: ten ranges of about 1,000 documents each
+    (the cuts come from a random sample: no range strays far from the mean)."""
+    from tasks.verify import count_range_ids
+
+    kinds = [lambda i: ObjectId(), lambda i: i, lambda i: f"user-{i:06d}", lambda i: Binary(uuid.uuid4().bytes, 4)]
+    src_client.ids.mixed.insert_many([{"_id": make(i), "n": i} for make in kinds for i in range(2500)])
+    spec = spec_for(objects=[{"database": "ids"}], copy_options={"range_docs": 1000})
+    ranges = split_collection(spec, plan_namespaces(spec).data_plans[0], remember=False)
+    counts = [count_range_ids(spec, r) for r in ranges]
+    print(f"range sizes: {counts}")
+    assert len(ranges) == 10 and sum(counts) == 10_000
+    mean = sum(counts) / len(counts)
+    assert 0.4 * mean <= min(counts) and max(counts) <= 2.0 * mean, counts
+
+
 def test_selection_and_name_mapping(src_client, spec_for):
     from blocks.spec import SpecError, parse_spec
 
