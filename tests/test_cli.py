@@ -220,7 +220,7 @@ def test_failed_migration_exits_1_in_one_line_and_debug_shows_the_traceback(cli)
     debug = cli["failed_debug"]
     assert debug.code == 1
     assert "Traceback (most recent call last)" in debug.stderr
-    assert "tasks.copy.DocumentWriteError: cli_fail_b.items: document _id=" in debug.stderr
+    assert "blocks.errors.DocumentWriteError: cli_fail_b.items: document _id=" in debug.stderr
 
 
 @pytest.mark.parametrize("case, message", [
