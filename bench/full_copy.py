@@ -105,6 +105,8 @@ def main() -> None:
     add_data_set_args(ap, default_docs=1_000_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--prefect", choices=["temporary", "server", "both"], default="both")
+    ap.add_argument("--range-docs", type=int, default=None,
+                    help="copy_options.range_docs of the migration (default: the spec's default)")
     ap.add_argument("--skew", action="store_true",
                     help="also 90%% of the documents in one collection (the same total), beside the even run")
     args = data_set(ap.parse_args())
@@ -119,7 +121,9 @@ def main() -> None:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps({
             "source": {"uri": src.uri()}, "destination": {"uri": dst.uri()},
-            "objects": [{"database": "bench"}], "copy_options": {"parallel_workers": args.workers},
+            "objects": [{"database": "bench"}], "copy_options": {
+                "parallel_workers": args.workers,
+                **({"range_docs": args.range_docs} if args.range_docs else {})},
         }))
         server = None
         if "server" in modes:
