@@ -276,7 +276,6 @@ def _approve(args) -> int:
     _set_up_logging(args)
     from prefect.settings import get_current_settings
 
-    from blocks.errors import BadInput
     from flows.approval import approve_cutover
 
     if not get_current_settings().api.url:
@@ -284,16 +283,10 @@ def _approve(args) -> int:
         _error("no Prefect server is configured (PREFECT_API_URL): answer the prompt in the terminal "
                "running the migration, or run it against a Prefect server and set PREFECT_API_URL here")
         return EXIT_BAD_INPUT
-    try:
-        run = approve_cutover(args.run_id, approve=not args.reject, note=args.note)
-    except BadInput as exc:
-        _error(str(exc))
-        return exc.exit_code
-    except Exception as exc:
-        if args.debug:
-            raise
-        _error(f"could not answer the approval through the Prefect API: {one_line(exc)}")
-        return EXIT_FAILED
+    run, code = _attempt(args, lambda: approve_cutover(args.run_id, approve=not args.reject, note=args.note),
+                         "could not answer the approval through the Prefect API")
+    if run is None:
+        return code
     print(f"cutover {'declined' if args.reject else 'approved'}: flow run {run.name} ({run.id})")
     return EXIT_OK
 
@@ -301,26 +294,35 @@ def _approve(args) -> int:
 def _status(args) -> int:
     """Reads the destination, the source and the Prefect API PREFECT_API_URL names; never starts a
     temporary Prefect server (it would know no run)."""
-    from blocks.errors import BadInput
-
     spec = _read_spec(args.spec)
     if spec is None:
         return EXIT_BAD_INPUT
     _set_up_logging(args)
     from flows.status import read_status, status_text
 
+    status, code = _attempt(args, lambda: read_status(spec),
+                            "cannot read the migration's state on the destination")
+    if status is None:
+        return code
+    print(status.model_dump_json() if args.json else status_text(status))
+    return EXIT_OK
+
+
+def _attempt(args, action, failure: str):
+    """(action's result, None), or (None, exit code) once its error is told in one line: a BadInput
+    as it is (exit 2), anything else as "<failure>: ..." (exit 1; --debug raises it, traceback and all)."""
+    from blocks.errors import BadInput
+
     try:
-        status = read_status(spec)
+        return action(), None
     except BadInput as exc:
         _error(str(exc))
-        return exc.exit_code
+        return None, exc.exit_code
     except Exception as exc:
         if args.debug:
             raise
-        _error(f"cannot read the migration's state on the destination: {one_line(exc)}")
-        return EXIT_FAILED
-    print(status.model_dump_json() if args.json else status_text(status))
-    return EXIT_OK
+        _error(f"{failure}: {one_line(exc)}")
+        return None, EXIT_FAILED
 
 
 def one_line(exc: BaseException) -> str:
