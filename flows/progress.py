@@ -133,7 +133,7 @@ class CopyProgress:
         snapshot = self.snapshot()
         for ns, artifact in self.bars.items():
             self._show(artifact, self._percent([ns]))
-        finished = all(self.remaining[ns] <= 0 for ns in self.plans)
+        finished = all(c.finished for c in snapshot.collections)
         eta = ", done" if finished else ("" if snapshot.eta_s is None else
                                          f", about {format_duration(snapshot.eta_s)} left")
         self._show(self.overall, self._percent(list(self.plans)),

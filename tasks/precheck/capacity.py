@@ -33,6 +33,7 @@ class OplogWindow(BaseModel):
     last: datetime
     size_bytes: int
     max_bytes: int
+    entries: int = 0
 
     @property
     def span_hours(self) -> float:
@@ -58,7 +59,7 @@ class OplogWindow(BaseModel):
 
 
 def read_oplog_window(conn: MongoConnection) -> OplogWindow:
-    """First and last entry times of the source's oplog, and its size (reads local.oplog.rs)."""
+    """First and last entry times of the source's oplog, its size and entries (reads local.oplog.rs)."""
     oplog = open_client(conn).local["oplog.rs"]
     first = oplog.find_one({}, {"ts": 1}, sort=[("$natural", ASCENDING)])
     last = oplog.find_one({}, {"ts": 1}, sort=[("$natural", DESCENDING)])
@@ -66,7 +67,8 @@ def read_oplog_window(conn: MongoConnection) -> OplogWindow:
     if first is None or last is None:
         raise OperationFailure("the oplog is empty", code=0)
     return OplogWindow(first=first["ts"].as_datetime(), last=last["ts"].as_datetime(),
-                       size_bytes=int(stats.get("size", 0)), max_bytes=int(stats.get("maxSize", 0)))
+                       size_bytes=int(stats.get("size", 0)), max_bytes=int(stats.get("maxSize", 0)),
+                       entries=int(stats.get("count", 0)))
 
 
 def measure_copy_rate(spec: MigrationSpec, inventory: SourceInventory,

@@ -80,16 +80,12 @@ def oplog_window_left_s(conn: MongoConnection, position: Timestamp,
     is that of the last `rate_window_s` (a count of recent entries: the oplog is read from the
     end, as the change stream reads it)."""
     window = read_oplog_window(conn)
-    oplog = open_client(conn).local["oplog.rs"]
-    stats = next(oplog.aggregate([{"$collStats": {"storageStats": {}}}]))["storageStats"]
-    entries = int(stats.get("count", 0))
-    last = oplog.find_one({}, {"ts": 1}, sort=[("$natural", -1)])["ts"]
-    since = Timestamp(max(int(last.time - rate_window_s), 0), 0)
-    recent = oplog.count_documents({"ts": {"$gt": since}})
-    if not entries or not recent:
-        return None
-    rate_bytes = recent * (window.size_bytes / entries) / rate_window_s
     first_s, last_s = window.first.timestamp(), window.last.timestamp()
+    since = Timestamp(max(int(last_s - rate_window_s), 0), 0)
+    recent = open_client(conn).local["oplog.rs"].count_documents({"ts": {"$gt": since}})
+    if not window.entries or not recent:
+        return None
+    rate_bytes = recent * (window.size_bytes / window.entries) / rate_window_s
     older = 1.0 if last_s <= first_s else min(max((position.time - first_s) / (last_s - first_s), 0.0), 1.0)
     room = max(window.max_bytes - window.size_bytes, 0)
     return (room + older * window.size_bytes) / rate_bytes
