@@ -38,10 +38,10 @@ browser:
 
 SERVE_PORT ?= $(or $(PREFECT_SERVER_API_PORT),4200)
 serve: install  ## Prefect server + UI on SERVE_PORT, a worker, the blocks and deployments
-	$(BIN)/python -m deployments.serve --port $(SERVE_PORT)
+	$(BIN)/python -m mongo_migrate.deployments.serve --port $(SERVE_PORT)
 
 deploy: install  ## blocks and deployments on the server PREFECT_API_URL names
-	$(BIN)/python -m deployments.deploy $(DEPLOY_ARGS)
+	$(BIN)/python -m mongo_migrate.deployments.deploy $(DEPLOY_ARGS)
 
 bench: install-test
 	$(BIN)/python bench/full_copy.py

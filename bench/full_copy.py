@@ -36,12 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
+from measure import (add_data_set_args, data_set, prefect_server,  # noqa: E402  (bench/ is the script's directory)
+                     run_cli_json)
 
-from measure import add_data_set_args, data_set, prefect_server, run_cli_json  # noqa: E402  (bench/ is the script's directory)
-from sandbox.mongod import Mongod  # noqa: E402
-from sandbox.sample_data import encoded_documents  # noqa: E402
-from tasks.common import RAW  # noqa: E402
-from tasks.copy import insert_raw_stream  # noqa: E402
+from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
+from mongo_migrate.sandbox.sample_data import encoded_documents  # noqa: E402
+from mongo_migrate.tasks.common import RAW  # noqa: E402
+from mongo_migrate.tasks.copy import insert_raw_stream  # noqa: E402
 
 
 def batches(n: int, start: int, doc_bytes: int, per_batch: int):

@@ -55,9 +55,8 @@ ENDPOINTS_TARGET = 0.10  # block endpoints within 10% of URI endpoints
 
 # -- the sync, in its own process --------------------------------------------------------------------
 def sync_worker(spec_json: str) -> None:
-    from blocks.spec import parse_spec
-
-    from tasks.sync.engine import ChangeSync
+    from mongo_migrate.blocks.spec import parse_spec
+    from mongo_migrate.tasks.sync.engine import ChangeSync
 
     spec = parse_spec(json.loads(spec_json))
     sync = ChangeSync(spec)
@@ -203,10 +202,10 @@ def measure(args: argparse.Namespace, version: str, several: bool, endpoints: st
     returns its figures."""
     from pymongo import MongoClient
 
-    from blocks.mongo import server_hello
-    from blocks.spec import parse_spec
-    from sandbox.mongod import Mongod
-    from tasks.sync.position import save_start_point
+    from mongo_migrate.blocks.mongo import server_hello
+    from mongo_migrate.blocks.spec import parse_spec
+    from mongo_migrate.sandbox.mongod import Mongod
+    from mongo_migrate.tasks.sync.position import save_start_point
 
     work = Path(tempfile.mkdtemp(prefix="bench-incremental-"))
     # 6.0.5 is the default mongod's (as before this option); others come from sandbox.servers
@@ -233,7 +232,7 @@ def measure(args: argparse.Namespace, version: str, several: bool, endpoints: st
         if endpoints == "block":
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
-            from blocks.mongo import MongoEndpoint
+            from mongo_migrate.blocks.mongo import MongoEndpoint
 
             with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
                 MongoEndpoint(uri=source.uri()).save("bench-source", overwrite=True)

@@ -77,7 +77,7 @@ def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,)) -
 
 def prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
     """`prefect server start` on a free port, as a Prefect user runs one; returns (process, API URL)."""
-    from sandbox.mongod import free_port
+    from mongo_migrate.sandbox.mongod import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"

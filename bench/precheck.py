@@ -25,10 +25,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
 
-from blocks.spec import parse_spec  # noqa: E402
-from sandbox.mongod import Mongod  # noqa: E402
-from sandbox.sample_data import encoded_documents  # noqa: E402
-from tasks.common import RAW  # noqa: E402
+from mongo_migrate.blocks.spec import parse_spec  # noqa: E402
+from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
+from mongo_migrate.sandbox.sample_data import encoded_documents  # noqa: E402
+from mongo_migrate.tasks.common import RAW  # noqa: E402
 
 
 def main() -> None:
@@ -40,10 +40,10 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.migrate import precheck
-    from tasks import precheck as pc
-    from tasks.connect import check_connectivity
-    from tasks.namespaces import plan_namespaces
+    from mongo_migrate.flows.migrate import precheck
+    from mongo_migrate.tasks import precheck as pc
+    from mongo_migrate.tasks.connect import check_connectivity
+    from mongo_migrate.tasks.namespaces import plan_namespaces
 
     with tempfile.TemporaryDirectory(prefix="bench-precheck-") as tmp:
         src = Mongod(Path(tmp) / "src", replset="src").start()

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 from full_copy import batches  # noqa: E402  (bench/ is on sys.path as the script's dir)
 from measure import data_set_args, run_cli_json  # noqa: E402
 
-from sandbox.mongod import Mongod  # noqa: E402
-from tasks.common import RAW  # noqa: E402
+from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
+from mongo_migrate.tasks.common import RAW  # noqa: E402
 
 
 def seed_both(clients, colls: list[str], n_per: int, doc_bytes: int, workers: int) -> None:

@@ -163,7 +163,7 @@ class MongoEndpoint(Block, MongoConnection):
     _documentation_url = "https://www.mongodb.com/docs/manual/reference/connection-string/"  # type: ignore[assignment]
     _code_example = """
 ```python
-from blocks.mongo import MongoEndpoint
+from mongo_migrate.blocks.mongo import MongoEndpoint
 
 endpoint = MongoEndpoint.load("BLOCK_NAME")
 client = endpoint.get_client()  # pymongo's MongoClient, pooled per process

@@ -18,11 +18,8 @@ from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.blocks.abstract import NotificationBlock
 from pydantic import Field, SecretStr, model_validator
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
+from slack_sdk.http_retry.builtin_handlers import (ConnectionErrorRetryHandler, RateLimitErrorRetryHandler,
+                                                   ServerErrorRetryHandler)
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.http_retry.handler import RetryHandler
 from slack_sdk.web import WebClient
@@ -92,7 +89,7 @@ class SlackNotifier(NotificationBlock):
     _documentation_url = "https://api.slack.com/messaging/webhooks"  # type: ignore[assignment]
     _code_example = """
 ```python
-from blocks.slack import SlackNotifier
+from mongo_migrate.blocks.slack import SlackNotifier
 
 slack = SlackNotifier.load("BLOCK_NAME")
 slack.notify("the migration of shop is finished", subject="mongo-migrate")

@@ -7,19 +7,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from pathlib import Path
-import re
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
 
-from blocks.errors import SpecError
-from blocks.mongo import MongoConnection, MongoEndpoint
+from mongo_migrate.blocks.errors import SpecError
+from mongo_migrate.blocks.mongo import MongoConnection, MongoEndpoint
 
 if TYPE_CHECKING:
-    from blocks.slack import SlackNotifier
+    from mongo_migrate.blocks.slack import SlackNotifier
 
 SYSTEM_DATABASES = ("admin", "local", "config")
 # the destination database where the migration keeps its own state (see README, "State")
@@ -281,7 +281,7 @@ class SlackSettings(BaseModel):
         return self
 
     def resolve(self) -> "SlackNotifier":
-        from blocks.slack import SlackNotifier
+        from mongo_migrate.blocks.slack import SlackNotifier
 
         if self.block:
             try:

@@ -1,6 +1,6 @@
 """The project's Prefect deployments, registered on the server PREFECT_API_URL names.
 
-    python -m deployments.deploy [--pool NAME] [--image IMAGE] [--timezone ZONE]
+    python -m mongo_migrate.deployments.deploy [--pool NAME] [--image IMAGE] [--timezone ZONE]
                                  [--off-peak-cron "0 2 * * *"]
 
 Registers the block types (MongoEndpoint, SlackNotifier), creates the work pool when it is missing,
@@ -15,7 +15,7 @@ Their default parameters name the endpoints by block: save MongoEndpoint blocks 
 
 With the default process pool the flows run from this checkout (a worker started here). For a docker
 or kubernetes pool pass `--image`: an image with this project installed (`pip install .`); runs import
-the flows by module path (flows.migrate.migrate). Nothing is built or pushed here.
+the flows by module path (mongo_migrate.flows.migrate.migrate). Nothing is built or pushed here.
 """
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from blocks.errors import DeployError
+from mongo_migrate.blocks.errors import DeployError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POOL = "mongo-migrate"
 OFF_PEAK_CRON = "0 2 * * *"
 SOURCE_BLOCK = "migration-source"
 DESTINATION_BLOCK = "migration-destination"
-BLOCK_MODULES = ("blocks.mongo", "blocks.slack")
+BLOCK_MODULES = ("mongo_migrate.blocks.mongo", "mongo_migrate.blocks.slack")
 # (flow entrypoint, deployment name, scheduled?)
 DEPLOYMENTS = (
     ("flows/migrate.py:migrate", "on-demand", False),
@@ -139,7 +139,7 @@ def build_deployments(*, timezone: str | None = None, cron: str = OFF_PEAK_CRON,
         if image:
             # the image has the project installed: runs import the flow by module path
             path, _, attr = entrypoint.partition(":")
-            module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+            module = importlib.import_module("mongo_migrate." + path.removesuffix(".py").replace("/", "."))
             flow = getattr(module, attr)
             options = {"entrypoint_type": EntrypointType.MODULE_PATH}
         else:
@@ -195,7 +195,7 @@ def schedule_upcoming_runs(deployment_ids: list) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deployments.deploy",
+    p = argparse.ArgumentParser(prog="python -m mongo_migrate.deployments.deploy",
                                 description=__doc__.strip().splitlines()[0])
     p.add_argument("--pool", default=DEFAULT_POOL, help="work pool (default %(default)s, a process "
                    "pool created when missing; a docker or kubernetes pool must exist)")

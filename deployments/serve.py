@@ -1,6 +1,6 @@
 """`make serve`: a local Prefect server with its UI, a worker, and the project's blocks and deployments.
 
-    python -m deployments.serve [--port 4200] [--home .serve] [--pool mongo-migrate]
+    python -m mongo_migrate.deployments.serve [--port 4200] [--home .serve] [--pool mongo-migrate]
 
 The server keeps its SQLite database under --home (PREFECT_HOME), so saved blocks and past runs are
 still there next time. The UI is at http://127.0.0.1:PORT. Ctrl-C stops the worker, then the server.
@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-from deployments.deploy import DEFAULT_POOL, ROOT
+from mongo_migrate.deployments.deploy import DEFAULT_POOL, ROOT
 
 READY = "mongo-migrate serve: ready"
 SERVER_START_TIMEOUT_S = 90
@@ -124,7 +124,7 @@ def serve(port: int, host: str, home: Path, pool: str, deploy_args: Sequence[str
         server = subprocess.Popen([*prefect, "server", "start", "--host", host, "--port", str(port)],
                                   env=env, cwd=ROOT, start_new_session=True)
         wait_for_api(api, server)
-        subprocess.run([sys.executable, "-m", "deployments.deploy", "--pool", pool, *deploy_args],
+        subprocess.run([sys.executable, "-m", "mongo_migrate.deployments.deploy", "--pool", pool, *deploy_args],
                        env=env, cwd=ROOT, check=True)
         worker = subprocess.Popen([*prefect, "worker", "start", "--pool", pool, "--type", "process"],
                                   env=env, cwd=ROOT, start_new_session=True)
@@ -150,7 +150,7 @@ def serve(port: int, host: str, home: Path, pool: str, deploy_args: Sequence[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m mongo_migrate.deployments.serve", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_SERVER_API_PORT") or 4200))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--home", default=os.environ.get("PREFECT_HOME") or str(ROOT / ".serve"),

@@ -14,15 +14,8 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterParentFlowRunId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
+from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId,
+                                            FlowRunFilterParentFlowRunId, FlowRunFilterState, FlowRunFilterStateType)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, resume_flow_run
@@ -32,7 +25,7 @@ from prefect.runtime import flow_run
 from prefect.states import Paused
 from pydantic import Field
 
-from blocks.errors import ApprovalError
+from mongo_migrate.blocks.errors import ApprovalError
 
 SYNC_FLOW_NAME = "incremental-sync"
 APPROVAL_KEY = "cutover-approval"

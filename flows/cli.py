@@ -132,7 +132,7 @@ def format_summary(s) -> str:
 
 def _read_spec(path: str):
     """The spec, or None once its problem is told in one line."""
-    from blocks.spec import SpecError, load_spec
+    from mongo_migrate.blocks.spec import SpecError, load_spec
 
     try:
         return load_spec(path)
@@ -149,7 +149,7 @@ def _set_up_logging(args) -> None:
 
 
 def _run(args) -> int:
-    from flows.temporary_server import start_early, use_or_stop
+    from mongo_migrate.flows.temporary_server import start_early, use_or_stop
 
     # booting while this process imports and reads the spec (flows/temporary_server.py)
     server = start_early()
@@ -158,14 +158,14 @@ def _run(args) -> int:
         return EXIT_BAD_INPUT
     _set_up_logging(args)
     if not args.verbose:
-        from flows.terminal import log_file_for, send_info_to_file
+        from mongo_migrate.flows.terminal import log_file_for, send_info_to_file
 
         log_path = log_file_for(args.command)
         send_info_to_file(log_path)
         print(f"mongo-migrate: log: {log_path} (--verbose: on the terminal)", file=sys.stderr, flush=True)
     # the flows' own imports while the server boots, not after
-    import flows.migrate  # noqa: F401
-    import flows.verify  # noqa: F401
+    import mongo_migrate.flows.migrate  # noqa: F401
+    import mongo_migrate.flows.verify  # noqa: F401
 
     try:
         api = use_or_stop(server)
@@ -177,11 +177,11 @@ def _run(args) -> int:
 
 
 def _run_command(spec, args) -> int:
-    from blocks.errors import BadInput, PrecheckFailed
+    from mongo_migrate.blocks.errors import BadInput, PrecheckFailed
 
     if args.command == "verify":
         return _verify(spec, args)
-    from flows.migrate import precheck
+    from mongo_migrate.flows.migrate import precheck
 
     try:
         if args.command == "precheck":
@@ -193,7 +193,7 @@ def _run_command(spec, args) -> int:
                 print(format_precheck(report))
             return EXIT_OK if report.passed else EXIT_BAD_INPUT
         if spec.incremental and sys.stdin.isatty():
-            from flows.approval import add_approval_listener
+            from mongo_migrate.flows.approval import add_approval_listener
 
             add_approval_listener(_approval_prompt)
         summary = _migrate_showing_progress(spec, args)
@@ -229,12 +229,12 @@ def _run_command(spec, args) -> int:
 
 
 def _migrate_showing_progress(spec, args):
-    from flows.migrate import migrate
+    from mongo_migrate.flows.migrate import migrate
 
     if args.verbose:
         return migrate(spec)
-    from flows.progress import add_progress_watcher, remove_progress_watcher
-    from flows.terminal import TerminalProgress
+    from mongo_migrate.flows.progress import add_progress_watcher, remove_progress_watcher
+    from mongo_migrate.flows.terminal import TerminalProgress
 
     display = TerminalProgress()
     add_progress_watcher(display)
@@ -250,7 +250,7 @@ def _approval_prompt(run_id: str, delay: float | None) -> None:
     its pause meanwhile, and the Prefect UI or `mongo-migrate approve` still work)."""
 
     def ask() -> None:
-        from flows.approval import approve_cutover
+        from mongo_migrate.flows.approval import approve_cutover
 
         # on stderr, with the log: stdout stays the summary (one JSON object with --json)
         print(f"\nReady for cutover (flow run {run_id}). Approve now? "
@@ -276,7 +276,7 @@ def _approve(args) -> int:
     _set_up_logging(args)
     from prefect.settings import get_current_settings
 
-    from flows.approval import approve_cutover
+    from mongo_migrate.flows.approval import approve_cutover
 
     if not get_current_settings().api.url:
         # without a server each process would start a temporary one of its own, which knows no run
@@ -298,7 +298,7 @@ def _status(args) -> int:
     if spec is None:
         return EXIT_BAD_INPUT
     _set_up_logging(args)
-    from flows.status import read_status, status_text
+    from mongo_migrate.flows.status import read_status, status_text
 
     status, code = _attempt(args, lambda: read_status(spec),
                             "cannot read the migration's state on the destination")
@@ -311,7 +311,7 @@ def _status(args) -> int:
 def _attempt(args, action, failure: str):
     """(action's result, None), or (None, exit code) once its error is told in one line: a BadInput
     as it is (exit 2), anything else as "<failure>: ..." (exit 1; --debug raises it, traceback and all)."""
-    from blocks.errors import BadInput
+    from mongo_migrate.blocks.errors import BadInput
 
     try:
         return action(), None
@@ -329,7 +329,7 @@ def one_line(exc: BaseException) -> str:
     from pymongo.errors import PyMongoError
 
     if isinstance(exc, PyMongoError):
-        from tasks.connect import describe_connection_error
+        from mongo_migrate.tasks.connect import describe_connection_error
 
         return describe_connection_error(exc, type(exc).__name__)[1]
     text = str(exc).strip().splitlines()
@@ -337,9 +337,9 @@ def one_line(exc: BaseException) -> str:
 
 
 def _verify(spec, args) -> int:
-    from blocks.errors import BadInput
-    from flows.verify import verification_text, verify
-    from tasks.verify import RECHECK_DELAY_S
+    from mongo_migrate.blocks.errors import BadInput
+    from mongo_migrate.flows.verify import verification_text, verify
+    from mongo_migrate.tasks.verify import RECHECK_DELAY_S
 
     delay = RECHECK_DELAY_S if args.recheck_delay is None else args.recheck_delay
     try:
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return _status(args)
         if args.command == "demo":
-            from sandbox.demo import run_demo
+            from mongo_migrate.sandbox.demo import run_demo
 
             return run_demo(args.dir)
     except KeyboardInterrupt:

@@ -21,27 +21,19 @@ from prefect.states import Crashed
 from pydantic import BaseModel
 from pymongo import ReturnDocument
 
-from blocks.errors import CutoverVerificationFailed, OplogWindowExceeded
-from blocks.spec import MigrationSpec
-from flows.approval import SYNC_FLOW_NAME, tell_approval_listeners, wait_for_approval
-from flows.progress import REPORT_EVERY_S, SyncReporter
-from tasks.cutover import (
-    CollectionCheck,
-    abandon_run_task,
-    block_source_writes_task,
-    check_collection_task,
-    drain_point_task,
-    forget_deferred_unique,
-    pending_unique,
-    recopy_collection_task,
-    unblock_source_writes_task,
-)
-from tasks.namespaces import MigrationPlan, plan_namespaces_task
-from tasks.schema import convert_to_unique_task
-from tasks.sync.engine import ChangeSync
-from tasks.sync.events import format_delay
-from tasks.state import sync_state_collection
-from tasks.sync.position import source_cluster_time
+from mongo_migrate.blocks.errors import CutoverVerificationFailed, OplogWindowExceeded
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.flows.approval import SYNC_FLOW_NAME, tell_approval_listeners, wait_for_approval
+from mongo_migrate.flows.progress import REPORT_EVERY_S, SyncReporter
+from mongo_migrate.tasks.cutover import (CollectionCheck, abandon_run_task, block_source_writes_task,
+                                         check_collection_task, drain_point_task, forget_deferred_unique,
+                                         pending_unique, recopy_collection_task, unblock_source_writes_task)
+from mongo_migrate.tasks.namespaces import MigrationPlan, plan_namespaces_task
+from mongo_migrate.tasks.schema import convert_to_unique_task
+from mongo_migrate.tasks.state import sync_state_collection
+from mongo_migrate.tasks.sync.engine import ChangeSync
+from mongo_migrate.tasks.sync.events import format_delay
+from mongo_migrate.tasks.sync.position import source_cluster_time
 
 
 class SyncReport(BaseModel):
@@ -105,7 +97,7 @@ def _supersede(previous: dict, current: str | None, logger) -> None:
 
 
 def _notify_ready(spec: MigrationSpec, delay: float, logger) -> None:
-    from tasks.notify import flow_run_url, notify_ready_for_cutover
+    from mongo_migrate.tasks.notify import flow_run_url, notify_ready_for_cutover
 
     try:
         notify_ready_for_cutover(spec, delay, flow_run_url())

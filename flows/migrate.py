@@ -11,21 +11,21 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from blocks.errors import PrecheckFailed, VerificationDiffers
-from blocks.spec import MigrationSpec, forget_loaded_blocks
-from flows.progress import PROGRESS_EVERY_S, CopyProgress
-from tasks.connect import check_connectivity_task
-from tasks.copy import CopyStats, copy_collection_range_task, split_collection_task
-from tasks.namespaces import CollectionPlan, MigrationPlan
-from tasks.notify import flow_run_url, notify_finished, notify_migration_failed, notify_precheck_failed
-from tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks
-from tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
-from tasks.state import finish_run_task, start_run_task
-from tasks.sync.position import save_start_point_task
-from tasks.cutover import record_deferred_unique_task
-from flows.incremental import SyncReport, incremental_sync
-from flows.verify import VerificationReport, verify_plan
-from tasks.verify import CollectionVerification
+from mongo_migrate.blocks.errors import PrecheckFailed, VerificationDiffers
+from mongo_migrate.blocks.spec import MigrationSpec, forget_loaded_blocks
+from mongo_migrate.flows.incremental import SyncReport, incremental_sync
+from mongo_migrate.flows.progress import PROGRESS_EVERY_S, CopyProgress
+from mongo_migrate.flows.verify import VerificationReport, verify_plan
+from mongo_migrate.tasks.connect import check_connectivity_task
+from mongo_migrate.tasks.copy import CopyStats, copy_collection_range_task, split_collection_task
+from mongo_migrate.tasks.cutover import record_deferred_unique_task
+from mongo_migrate.tasks.namespaces import CollectionPlan, MigrationPlan
+from mongo_migrate.tasks.notify import flow_run_url, notify_finished, notify_migration_failed, notify_precheck_failed
+from mongo_migrate.tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks
+from mongo_migrate.tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
+from mongo_migrate.tasks.state import finish_run_task, start_run_task
+from mongo_migrate.tasks.sync.position import save_start_point_task
+from mongo_migrate.tasks.verify import CollectionVerification
 
 
 class PrecheckOutcome(BaseModel):

@@ -28,11 +28,11 @@ from prefect.flow_runs import resume_flow_run
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
-from blocks.mongo import open_client
-from blocks.spec import MigrationSpec
-from tasks.notify import flow_run_url, notify_sync_alarm
-from tasks.sync.events import format_delay
-from tasks.sync.position import oplog_window_left_s
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.notify import flow_run_url, notify_sync_alarm
+from mongo_migrate.tasks.sync.events import format_delay
+from mongo_migrate.tasks.sync.position import oplog_window_left_s
 
 log = logging.getLogger("mongo_migrate.progress")
 

@@ -15,13 +15,13 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from blocks.errors import NoRunError
-from blocks.mongo import open_client
-from blocks.spec import META_DATABASE, MigrationSpec
-from flows.progress import SYNC_STATUS_EVENT, format_duration
-from tasks.state import COPY_UNITS, RUNS, SYNC_STATE
-from tasks.sync.events import format_delay
-from tasks.sync.position import oplog_window_left_s, ts_text
+from mongo_migrate.blocks.errors import NoRunError
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import META_DATABASE, MigrationSpec
+from mongo_migrate.flows.progress import SYNC_STATUS_EVENT, format_duration
+from mongo_migrate.tasks.state import COPY_UNITS, RUNS, SYNC_STATE
+from mongo_migrate.tasks.sync.events import format_delay
+from mongo_migrate.tasks.sync.position import oplog_window_left_s, ts_text
 
 # the sync reports every 5 s: a delay event older than this is not "now"
 FRESH_EVENT_S = 30

@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from flows.progress import CopySnapshot, format_duration
+from mongo_migrate.flows.progress import CopySnapshot, format_duration
 
 MAX_BARS = 8
 PLAIN_EVERY_S = 5.0

@@ -12,12 +12,12 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, computed_field
 
-from blocks.errors import VerificationUnavailable
-from blocks.spec import MigrationSpec, forget_loaded_blocks
-from tasks.connect import check_connectivity_task
-from tasks.copy import CopyStats
-from tasks.namespaces import MigrationPlan, plan_namespaces_task
-from tasks.verify import RECHECK_DELAY_S, CollectionVerification, verify_collection_task
+from mongo_migrate.blocks.errors import VerificationUnavailable
+from mongo_migrate.blocks.spec import MigrationSpec, forget_loaded_blocks
+from mongo_migrate.tasks.connect import check_connectivity_task
+from mongo_migrate.tasks.copy import CopyStats
+from mongo_migrate.tasks.namespaces import MigrationPlan, plan_namespaces_task
+from mongo_migrate.tasks.verify import RECHECK_DELAY_S, CollectionVerification, verify_collection_task
 
 
 class VerificationReport(BaseModel):

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from bson.raw_bson import RawBSONDocument
 
-from sandbox.mongod import Mongod
-from sandbox.sample_data import encoded_documents
+from mongo_migrate.sandbox.mongod import Mongod
+from mongo_migrate.sandbox.sample_data import encoded_documents
 
 
 def seed(client) -> dict[str, int]:
@@ -80,7 +80,7 @@ def run_demo(directory: str = ".demo") -> int:
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         env.pop("PREFECT_API_URL", None)
         print("\nrunning: mongo-migrate run", spec_path, flush=True)
-        code = subprocess.call([sys.executable, "-m", "flows.cli", "run", str(spec_path)], env=env)
+        code = subprocess.call([sys.executable, "-m", "mongo_migrate.flows.cli", "run", str(spec_path)], env=env)
         print("\nstopping the demo mongods")
     if code == 0:
         print(f"""

@@ -17,7 +17,7 @@ from pathlib import Path
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from sandbox.servers import installed_mongod, mongod_for
+from mongo_migrate.sandbox.servers import installed_mongod, mongod_for
 
 COMMAND_NOT_FOUND = 59
 

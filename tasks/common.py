@@ -5,12 +5,12 @@ from typing import Any, Callable
 
 from bson import json_util
 from bson.codec_options import CodecOptions, DatetimeConversion
-from bson.json_util import JSONOptions, JSONMode
+from bson.json_util import JSONMode, JSONOptions
 from bson.raw_bson import RawBSONDocument
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.errors import MigrationError
+from mongo_migrate.blocks.errors import MigrationError
 
 # documents travel as raw bytes: never decoded, never re-encoded. A value that is decoded (an _id)
 # keeps dates outside datetime's years 1-9999 as DatetimeMS instead of failing

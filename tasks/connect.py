@@ -4,17 +4,11 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel
-from pymongo.errors import (
-    ConfigurationError,
-    InvalidURI,
-    OperationFailure,
-    PyMongoError,
-    ServerSelectionTimeoutError,
-)
+from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
-from blocks.mongo import MongoConnection, open_client, server_hello
-from blocks.spec import EndpointSpec, SpecError
-from tasks.common import step
+from mongo_migrate.blocks.mongo import MongoConnection, open_client, server_hello
+from mongo_migrate.blocks.spec import EndpointSpec, SpecError
+from mongo_migrate.tasks.common import step
 
 Cause = Literal["uri", "dns", "refused", "timeout", "auth", "tls", "block", "version", "other"]
 

@@ -30,13 +30,13 @@ from pymongo import ASCENDING, CursorType
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, WriteConcernError
 
-from blocks.errors import DocumentWriteError
-from blocks.mongo import open_client
-from blocks.spec import MigrationSpec
-from tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson
-from tasks.digest import StreamHash
-from tasks.namespaces import CollectionPlan
-from tasks.state import COPY_RANGES, COPY_UNITS, SKIPPED_DOCUMENTS, state_collection
+from mongo_migrate.blocks.errors import DocumentWriteError
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson
+from mongo_migrate.tasks.digest import StreamHash
+from mongo_migrate.tasks.namespaces import CollectionPlan
+from mongo_migrate.tasks.state import COPY_RANGES, COPY_UNITS, SKIPPED_DOCUMENTS, state_collection
 
 log = logging.getLogger("mongo_migrate.copy")
 T = TypeVar("T")

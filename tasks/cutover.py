@@ -14,13 +14,13 @@ from bson.timestamp import Timestamp
 from pydantic import BaseModel
 from pymongo.errors import OperationFailure, PyMongoError
 
-from blocks.mongo import open_client
-from blocks.spec import MigrationSpec
-from tasks.common import RAW, UNAUTHORIZED, step, to_ejson
-from tasks.namespaces import CollectionPlan
-from tasks.schema import IndexResult
-from tasks.sync.ddl import recopy_collection
-from tasks.state import abandon_run, sync_state_collection
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import RAW, UNAUTHORIZED, step, to_ejson
+from mongo_migrate.tasks.namespaces import CollectionPlan
+from mongo_migrate.tasks.schema import IndexResult
+from mongo_migrate.tasks.state import abandon_run, sync_state_collection
+from mongo_migrate.tasks.sync.ddl import recopy_collection
 
 log = logging.getLogger("mongo_migrate.cutover")
 

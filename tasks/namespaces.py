@@ -9,9 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from blocks.mongo import open_client
-from blocks.spec import META_DATABASE, SYSTEM_DATABASES, MigrationSpec
-from tasks.common import from_ejson, step, to_ejson
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import META_DATABASE, SYSTEM_DATABASES, MigrationSpec
+from mongo_migrate.tasks.common import from_ejson, step, to_ejson
 
 Kind = Literal["collection", "timeseries", "view"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Optional
 
-from blocks.slack import Event, SlackNotifier
+from mongo_migrate.blocks.slack import Event, SlackNotifier
 
 if TYPE_CHECKING:
-    from blocks.spec import MigrationSpec
-    from tasks.precheck import PrecheckReport
+    from mongo_migrate.blocks.spec import MigrationSpec
+    from mongo_migrate.tasks.precheck import PrecheckReport
 
 log = logging.getLogger("mongo_migrate.notify")
 

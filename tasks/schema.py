@@ -6,11 +6,11 @@ import logging
 from pydantic import BaseModel
 from pymongo.errors import CollectionInvalid, OperationFailure
 
-from blocks.errors import UniqueConversionFailed
-from blocks.mongo import open_client
-from blocks.spec import MigrationSpec
-from tasks.common import NAMESPACE_EXISTS, step, to_ejson
-from tasks.namespaces import CollectionPlan, NamespaceMapper
+from mongo_migrate.blocks.errors import UniqueConversionFailed
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import NAMESPACE_EXISTS, step, to_ejson
+from mongo_migrate.tasks.namespaces import CollectionPlan, NamespaceMapper
 
 log = logging.getLogger("mongo_migrate.schema")
 

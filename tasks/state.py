@@ -23,11 +23,11 @@ from pydantic import BaseModel
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from blocks.errors import BadInput
-from blocks.mongo import open_client
-from blocks.spec import META_DATABASE, MigrationSpec
-from tasks.common import step
-from tasks.namespaces import MigrationPlan
+from mongo_migrate.blocks.errors import BadInput
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import META_DATABASE, MigrationSpec
+from mongo_migrate.tasks.common import step
+from mongo_migrate.tasks.namespaces import MigrationPlan
 
 RUNS = "runs"
 COPY_RANGES = "copy_ranges"

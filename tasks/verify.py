@@ -34,14 +34,15 @@ from bson.json_util import JSONMode, JSONOptions
 from pydantic import BaseModel, computed_field
 from pymongo.collection import Collection
 
-from blocks.mongo import open_client
-from blocks.spec import MigrationSpec
-from tasks.common import RAW, from_ejson, step, to_ejson
-from tasks.digest import DIGEST_MOD, StreamHash, digest_raw_batch, document_hash
-from tasks.copy import CopyRange, CopyStats, document_offsets, read_raw_range, split_collection, splittable
-from tasks.namespaces import CollectionPlan, NamespaceMapper
-from tasks.schema import map_view_pipeline, view_source_name
-from tasks.state import SKIPPED_DOCUMENTS, state_collection
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import RAW, from_ejson, step, to_ejson
+from mongo_migrate.tasks.copy import (CopyRange, CopyStats, document_offsets, read_raw_range, split_collection,
+                                      splittable)
+from mongo_migrate.tasks.digest import DIGEST_MOD, StreamHash, digest_raw_batch, document_hash
+from mongo_migrate.tasks.namespaces import CollectionPlan, NamespaceMapper
+from mongo_migrate.tasks.schema import map_view_pipeline, view_source_name
+from mongo_migrate.tasks.state import SKIPPED_DOCUMENTS, state_collection
 
 Side = Literal["source", "destination"]
 SIDES: tuple[Side, Side] = ("source", "destination")

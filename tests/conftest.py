@@ -14,9 +14,9 @@ os.environ.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
 import pytest  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
-from blocks.mongo import close_clients  # noqa: E402
-from blocks.spec import META_DATABASE, parse_spec  # noqa: E402
-from sandbox.mongod import Mongod  # noqa: E402
+from mongo_migrate.blocks.mongo import close_clients  # noqa: E402
+from mongo_migrate.blocks.spec import META_DATABASE, parse_spec  # noqa: E402
+from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -167,7 +167,7 @@ def run_cli(prefect_api):
     def run(*args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "flows.cli", "--verbose", *args], capture_output=True, text=True,
+            [sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", *args], capture_output=True, text=True,
             timeout=timeout, env=full_env, cwd=ROOT,
         )
 
@@ -180,7 +180,7 @@ def user_collections(client: MongoClient, db: str) -> list[str]:
 
 def raw_documents(client: MongoClient, db: str, coll: str) -> list[bytes]:
     """Every document's exact bytes, in _id order."""
-    from tasks.common import RAW
+    from mongo_migrate.tasks.common import RAW
 
     c = client[db].get_collection(coll, codec_options=RAW)
     return [bytes(d.raw) for d in c.find({}, sort=[("_id", 1)])]  # .raw may be a memoryview
@@ -209,14 +209,14 @@ def load_bson(relative: str) -> list:
     """The documents of a .bson file under tests/data, as RawBSONDocuments over the file's bytes."""
     import bson
 
-    from tasks.common import RAW
+    from mongo_migrate.tasks.common import RAW
 
     return bson.decode_all((DATA / relative).read_bytes(), RAW)
 
 
 def insert_raw(client: MongoClient, ns: str, docs: list) -> None:
     """Insert documents as given (raw BSON or dicts); RawBSONDocuments are written byte for byte."""
-    from tasks.common import RAW
+    from mongo_migrate.tasks.common import RAW
 
     db, _, coll = ns.partition(".")
     client[db].get_collection(coll, codec_options=RAW).insert_many(docs)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from blocks.mongo import MongoEndpoint
-from blocks.spec import MigrationSpec, parse_spec
-from sandbox.mongod import Mongod
+from mongo_migrate.blocks.mongo import MongoEndpoint
+from mongo_migrate.blocks.spec import MigrationSpec, parse_spec
+from mongo_migrate.sandbox.mongod import Mongod
 
 ENDPOINTS = ["6.0.5", "4.2.6", "blocks"]
 KINDS = {*ENDPOINTS, "4.2.6+blocks"}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from deployments.serve import server_env
-from sandbox.mongod import free_port
+from mongo_migrate.deployments.serve import server_env
+from mongo_migrate.sandbox.mongod import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS ")

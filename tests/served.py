@@ -1,4 +1,4 @@
-"""A real Prefect server, worker, blocks and deployments, started by `python -m deployments.serve`
+"""A real Prefect server, worker, blocks and deployments, started by `python -m mongo_migrate.deployments.serve`
 (what `make serve` runs) on a free port, for one test module; and small helpers to talk to it.
 
 The session's temporary server (conftest `prefect_api`) cannot run workers, so the deployment and UI
@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from deployments.serve import READY, server_env
-from sandbox.mongod import free_port
+from mongo_migrate.deployments.serve import READY, server_env
+from mongo_migrate.sandbox.mongod import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(__file__).resolve().parent / "output"
@@ -62,7 +62,7 @@ class ServedPrefect:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deployments.serve", "--port", str(self.port), "--home",
+            [sys.executable, "-m", "mongo_migrate.deployments.serve", "--port", str(self.port), "--home",
              str(self.home), "--timezone", self.timezone],
             env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -166,7 +166,7 @@ class ServedPrefect:
 
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from blocks.mongo import MongoEndpoint
+        from mongo_migrate.blocks.mongo import MongoEndpoint
 
         def save() -> None:
             with temporary_settings(updates={PREFECT_API_URL: self.api}):

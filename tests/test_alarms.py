@@ -9,20 +9,15 @@ from datetime import datetime, timezone
 import pytest
 from prefect.client.orchestration import get_client
 
-from blocks.mongo import MongoConnection, close_clients
-from blocks.spec import SpecError, parse_spec
-from flows.approval import approve_cutover, waiting_for_approval
-from flows.migrate import migrate
-from flows.status import read_status
-from flows.progress import (
-    DELAY_ALARM_EVENT,
-    DELAY_RECOVERED_EVENT,
-    SYNC_STATUS_EVENT,
-    ThresholdAlarm,
-    format_duration,
-)
-from sandbox.mongod import Mongod
-from tasks.sync.position import oplog_window_left_s
+from mongo_migrate.blocks.mongo import MongoConnection, close_clients
+from mongo_migrate.blocks.spec import SpecError, parse_spec
+from mongo_migrate.flows.approval import approve_cutover, waiting_for_approval
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.flows.progress import (DELAY_ALARM_EVENT, DELAY_RECOVERED_EVENT, SYNC_STATUS_EVENT, ThresholdAlarm,
+                                          format_duration)
+from mongo_migrate.flows.status import read_status
+from mongo_migrate.sandbox.mongod import Mongod
+from mongo_migrate.tasks.sync.position import oplog_window_left_s
 from tests.conftest import make_spec
 from tests.slack_server import SlackServer
 from tests.test_slack import blocks_text

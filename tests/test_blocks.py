@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from blocks.mongo import MongoEndpoint, open_client
-from blocks.slack import SlackNotifier
+from mongo_migrate.blocks.mongo import MongoEndpoint, open_client
+from mongo_migrate.blocks.slack import SlackNotifier
 from tests.slack_server import SlackServer
 
 

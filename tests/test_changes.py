@@ -12,33 +12,17 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import DeleteOne, ReplaceOne
 
-from blocks.spec import META_DATABASE, parse_spec
-from tasks.common import RAW
-from tasks.namespaces import plan_namespaces
-from tasks.state import abandon_run, read_sync_state, resumable_run, sync_state_collection
-from tasks.state import start_run
-from tasks.sync.engine import ChangeSync
-from tasks.sync.events import (
-    Batch,
-    CreateCollection,
-    CreateIndexes,
-    DocWrite,
-    DropCollection,
-    DropDatabase,
-    DropIndexes,
-    ModifyCollection,
-    RecopyCollection,
-    RenameCollection,
-    change_stream_pipeline,
-    format_delay,
-    partition_writes,
-    plan_change,
-    token_time,
-    transaction_of,
-)
-from blocks.errors import OplogWindowExceeded
-from tasks.sync.position import save_start_point, source_cluster_time
-from tasks.namespaces import NamespaceMapper
+from mongo_migrate.blocks.errors import OplogWindowExceeded
+from mongo_migrate.blocks.spec import META_DATABASE, parse_spec
+from mongo_migrate.tasks.common import RAW
+from mongo_migrate.tasks.namespaces import NamespaceMapper, plan_namespaces
+from mongo_migrate.tasks.state import abandon_run, read_sync_state, resumable_run, start_run, sync_state_collection
+from mongo_migrate.tasks.sync.engine import ChangeSync
+from mongo_migrate.tasks.sync.events import (Batch, CreateCollection, CreateIndexes, DocWrite, DropCollection,
+                                             DropDatabase, DropIndexes, ModifyCollection, RecopyCollection,
+                                             RenameCollection, change_stream_pipeline, format_delay, partition_writes,
+                                             plan_change, token_time, transaction_of)
+from mongo_migrate.tasks.sync.position import save_start_point, source_cluster_time
 from tests.conftest import assert_same_documents, index_specs, user_collections
 
 SPEC = {"source": {"uri": "mongodb://127.0.0.1:1/"}, "destination": {"uri": "mongodb://127.0.0.1:2/"},
@@ -389,7 +373,7 @@ def test_a_time_series_collection_is_copied_again_whole(src_client, dst_client, 
     """Time-series collections have no change events: the cutover copies them again (buckets)."""
     from datetime import datetime, timedelta
 
-    from tasks.sync.ddl import recopy_collection
+    from mongo_migrate.tasks.sync.ddl import recopy_collection
 
     spec = sync_spec(spec_for, objects=[{"database": "shop"}], name_mapping={"shop": "shop_v2"})
     src_client.shop.create_collection("metrics", timeseries={"timeField": "t", "metaField": "m",

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from blocks.mongo import close_clients
-from blocks.spec import EndpointSpec
-from sandbox.mongod import Mongod, free_port
-from tasks.connect import check_connectivity
+from mongo_migrate.blocks.mongo import close_clients
+from mongo_migrate.blocks.spec import EndpointSpec
+from mongo_migrate.sandbox.mongod import Mongod, free_port
+from mongo_migrate.tasks.connect import check_connectivity
 from tests.conftest import _drop_user_databases
 
 WRONG_PASSWORD = "Wr0ng-Pa55word-7c1e"
@@ -220,7 +220,7 @@ def test_failed_migration_exits_1_in_one_line_and_debug_shows_the_traceback(cli)
     debug = cli["failed_debug"]
     assert debug.code == 1
     assert "Traceback (most recent call last)" in debug.stderr
-    assert "blocks.errors.DocumentWriteError: cli_fail_b.items: document _id=" in debug.stderr
+    assert "mongo_migrate.blocks.errors.DocumentWriteError: cli_fail_b.items: document _id=" in debug.stderr
 
 
 @pytest.mark.parametrize("case, message", [

@@ -8,16 +8,16 @@ import pytest
 from bson import Binary, Int64, MaxKey, MinKey
 from bson.raw_bson import RawBSONDocument
 
-import tasks.copy
-from blocks.mongo import close_clients
-from blocks.spec import META_DATABASE
-from flows.migrate import migrate
-from sandbox.mongod import Mongod
-from blocks.errors import DocumentWriteError
-from tasks.copy import CopyRange, copy_collection_range
-from tasks.state import COPY_UNITS
-from tasks.namespaces import plan_namespaces
-from tasks.verify import hash_range
+import mongo_migrate.tasks.copy
+from mongo_migrate.blocks.errors import DocumentWriteError
+from mongo_migrate.blocks.mongo import close_clients
+from mongo_migrate.blocks.spec import META_DATABASE
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.sandbox.mongod import Mongod
+from mongo_migrate.tasks.copy import CopyRange, copy_collection_range
+from mongo_migrate.tasks.namespaces import plan_namespaces
+from mongo_migrate.tasks.state import COPY_UNITS
+from mongo_migrate.tasks.verify import hash_range
 from tests.conftest import assert_same_documents, insert_raw, make_spec, raw_documents
 
 N = 2000
@@ -31,13 +31,13 @@ def item(i: int) -> RawBSONDocument:
 
 def natural_order(client, ns: str) -> list[bytes]:
     db, _, coll = ns.partition(".")
-    return [bytes(d.raw) for d in client[db].get_collection(coll, codec_options=tasks.copy.RAW).find()]
+    return [bytes(d.raw) for d in client[db].get_collection(coll, codec_options=mongo_migrate.tasks.copy.RAW).find()]
 
 
 @pytest.mark.parametrize("kind", ["plain", "clustered", "capped"])
 def test_copy_refused_part_way_then_rerun_copies_each_document_once(kind, src_client, dst_client,
                                                                      spec_for, monkeypatch):
-    monkeypatch.setattr(tasks.copy, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every batch
+    monkeypatch.setattr(mongo_migrate.tasks.copy, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every batch
     options = {"plain": {}, "clustered": {"clusteredIndex": {"key": {"_id": 1}, "unique": True}},
                "capped": {"capped": True, "size": 10 * 1024 * 1024}}[kind]
     src_client.retry.create_collection("items", **options)
@@ -107,7 +107,7 @@ def test_rerun_over_documents_already_there_inserts_only_the_missing(src_client,
 def test_migration_retries_ranges_the_destination_dropped(source, src_client, tmp_path, monkeypatch, caplog):
     """A destination that closes the connection in the middle of the copy (twice, so that the
     driver's own retry fails too): Prefect retries the range, which resumes from its checkpoint."""
-    monkeypatch.setattr(tasks.copy, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(mongo_migrate.tasks.copy, "CHECKPOINT_EVERY_S", 0.0)
     docs = [item(i) for i in range(3000)]
     insert_raw(src_client, "flaky.items", docs)
     with Mongod(tmp_path / "dst", replset="flaky",

@@ -1,6 +1,6 @@
 """The deployments on a real local Prefect server with a process worker (what `make serve` starts):
 what is registered, a run started with `prefect deployment run`, the off-peak schedule's local time,
-progress artifacts, `python -m deployments.deploy` (what `make deploy` runs) and its errors."""
+progress artifacts, `python -m mongo_migrate.deployments.deploy` (what `make deploy` runs) and its errors."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from blocks.spec import MigrationSpec
-from deployments.deploy import DEFAULT_POOL, DESTINATION_BLOCK, SOURCE_BLOCK, default_spec, main as deploy_main
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.deployments.deploy import DEFAULT_POOL, DESTINATION_BLOCK, SOURCE_BLOCK, default_spec
+from mongo_migrate.deployments.deploy import main as deploy_main
 from tests.conftest import ROOT, assert_same_documents
 from tests.served import params_json, run_id_from_cli, served_prefect
 
@@ -187,7 +188,7 @@ def test_precheck_deployment_with_endpoints_named_by_block(served, src_client, d
 def test_deploy_updates_the_deployments_on_the_server_prefect_api_url_names(served):
     """`make deploy`: the same deployments registered again against a running server."""
     before = served.deployment("migrate/off-peak")
-    done = subprocess.run([sys.executable, "-m", "deployments.deploy", "--timezone", "Europe/Paris",
+    done = subprocess.run([sys.executable, "-m", "mongo_migrate.deployments.deploy", "--timezone", "Europe/Paris",
                            "--off-peak-cron", "30 1 * * 1-5"], env=served.env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -214,7 +215,7 @@ def test_deploy_errors_are_one_line(capsys, tmp_path):
         "deploy: error: work pool 'k8s-pool' does not exist: create it first, e.g. "
         "`prefect work-pool create k8s-pool --type docker` (or --type kubernetes)")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "deployments.deploy"], env=env, cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "mongo_migrate.deployments.deploy"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -231,22 +232,22 @@ def test_deploy_to_a_docker_pool_with_an_image(served):
                 "variables": {"type": "object", "properties": {"image": {"type": "string"}}}}
     served.http.post("/work_pools/", json={"name": "mm-docker", "type": "docker",
                                             "base_job_template": template}).raise_for_status()
-    refused = subprocess.run([sys.executable, "-m", "deployments.deploy", "--pool", "mm-docker"],
+    refused = subprocess.run([sys.executable, "-m", "mongo_migrate.deployments.deploy", "--pool", "mm-docker"],
                              env=served.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
     assert refused.stderr.strip() == ("deploy: error: work pool 'mm-docker' (docker) runs flows in an "
                                       "image: give --image")
-    done = subprocess.run([sys.executable, "-m", "deployments.deploy", "--pool", "mm-docker",
+    done = subprocess.run([sys.executable, "-m", "mongo_migrate.deployments.deploy", "--pool", "mm-docker",
                            "--image", "registry.example/mongo-migrate:1.0"],
                           env=served.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     try:
         assert done.returncode == 0, done.stderr
         d = served.deployment("migrate/on-demand")
-        assert (d["work_pool_name"], d["entrypoint"]) == ("mm-docker", "flows.migrate.migrate")
+        assert (d["work_pool_name"], d["entrypoint"]) == ("mm-docker", "mongo_migrate.flows.migrate.migrate")
         assert d["job_variables"] == {"image": "registry.example/mongo-migrate:1.0"}
         assert d["pull_steps"] in (None, [])
-        assert served.deployment("precheck/on-demand")["entrypoint"] == "flows.migrate.precheck"
+        assert served.deployment("precheck/on-demand")["entrypoint"] == "mongo_migrate.flows.migrate.precheck"
     finally:
         # back on the process pool for anything that runs after
-        subprocess.run([sys.executable, "-m", "deployments.deploy", "--timezone", served.timezone],
+        subprocess.run([sys.executable, "-m", "mongo_migrate.deployments.deploy", "--timezone", served.timezone],
                        env=served.env, cwd=ROOT, capture_output=True, timeout=120, check=True)

@@ -23,13 +23,13 @@ from prefect.states import Crashed
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from blocks.spec import META_DATABASE
-from flows.approval import approve_cutover
-from sandbox.mongod import Mongod
-from tasks.state import COPY_UNITS, SYNC_STATE
+from mongo_migrate.blocks.spec import META_DATABASE
+from mongo_migrate.flows.approval import approve_cutover
+from mongo_migrate.sandbox.mongod import Mongod
+from mongo_migrate.tasks.state import COPY_UNITS, SYNC_STATE
 from tests.conftest import ROOT, assert_same_documents, index_specs, user_collections
-from tests.test_faults import write_spec
 from tests.load import SourceLoad, seed
+from tests.test_faults import write_spec
 from tests.test_incremental import waiting_since
 
 DOCS = 6000  # shop.orders: 6 copy ranges of 1000, shop.items: 2
@@ -51,7 +51,7 @@ class Runs:
         out = open(self.logs / f"run{n}.out", "w")
         err = open(self.logs / f"run{n}.log", "w")
         self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "--verbose", "run", str(self.spec_path), "--json"], cwd=ROOT,
+            [sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", "run", str(self.spec_path), "--json"], cwd=ROOT,
             env={**os.environ, "PREFECT_API_URL": self.prefect_api}, stdout=out, stderr=err, text=True))
 
     @property

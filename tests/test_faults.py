@@ -28,14 +28,14 @@ import bson
 import pytest
 from bson.raw_bson import RawBSONDocument
 
-from blocks.mongo import close_clients
-from blocks.spec import META_DATABASE, load_spec
-from sandbox.mongod import Mongod, free_port
-from tasks.state import COPY_UNITS, SKIPPED_DOCUMENTS
-from flows.cli import format_summary
-from flows.migrate import migrate
-from tasks.namespaces import plan_namespaces
-from tasks.verify import verify_collection
+from mongo_migrate.blocks.mongo import close_clients
+from mongo_migrate.blocks.spec import META_DATABASE, load_spec
+from mongo_migrate.flows.cli import format_summary
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.sandbox.mongod import Mongod, free_port
+from mongo_migrate.tasks.namespaces import plan_namespaces
+from mongo_migrate.tasks.state import COPY_UNITS, SKIPPED_DOCUMENTS
+from mongo_migrate.tasks.verify import verify_collection
 from tests.conftest import ROOT, assert_same_documents, insert_raw, make_spec
 from tests.endpoints import ENDPOINTS, endpoints  # noqa: F401 - the fixture, found by its name
 
@@ -59,7 +59,7 @@ def write_spec(path: Path, source, dest, **fields) -> Path:
 def start_cli(prefect_api: str, *args: str, env: dict | None = None) -> subprocess.Popen:
     """The real CLI in the background (run_cli in conftest waits for it to finish)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "--verbose", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})},
     )
 
@@ -276,7 +276,7 @@ def incremental(make, **options):
 # a 4.2.6 source and block endpoints in one variant: the 20 s outage makes each variant cost 35 s
 @pytest.mark.parametrize("endpoints", ["6.0.5", "4.2.6+blocks"], indirect=True)
 def test_sync_survives_a_destination_outage_and_a_source_restart(endpoints, dst_client):
-    from flows.approval import approve_cutover, waiting_for_approval
+    from mongo_migrate.flows.approval import approve_cutover, waiting_for_approval
 
     source, dest, src_client = endpoints.source, endpoints.dest, endpoints.src_client
     src_client.shop.orders.insert_many([{"_id": i, "n": i} for i in range(500)])
@@ -327,7 +327,7 @@ def oplog_spans_seconds(client, seconds: float = 2.0) -> None:
 
 
 def test_oplog_window_exceeded_fails_saying_to_run_the_full_migration_again(dest, dst_client, tmp_path):
-    from tasks.state import read_sync_state
+    from mongo_migrate.tasks.state import read_sync_state
 
     tiny = Mongod(tmp_path / "tiny-oplog", replset="tiny", oplog_size_mb=1,
                   extra_args=["--syncdelay", "1"]).start()  # a checkpoint a second lets the oplog shrink

@@ -12,11 +12,11 @@ from bson.datetime_ms import DatetimeMS
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
-import tasks.copy
-from flows.migrate import migrate
-from tasks.common import from_ejson
-from tasks.copy import split_collection
-from tasks.namespaces import plan_namespaces
+import mongo_migrate.tasks.copy
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.tasks.common import from_ejson
+from mongo_migrate.tasks.copy import split_collection
+from mongo_migrate.tasks.namespaces import plan_namespaces
 from tests.conftest import assert_same_documents, insert_raw, load_bson, raw_documents
 
 MAX_BSON = 16 * 1024 * 1024
@@ -145,7 +145,7 @@ def mixed_ids(n_per_type: int) -> list[dict]:
 
 def test_mixed_id_types_across_copy_ranges(src_client, dst_client, spec_for, monkeypatch):
     # a checkpoint after every batch: the last _id of batches inside each type is saved and read back
-    monkeypatch.setattr(tasks.copy, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(mongo_migrate.tasks.copy, "CHECKPOINT_EVERY_S", 0.0)
     docs = mixed_ids(300)
     insert_raw(src_client, "ids.mixed", [raw(d) for d in docs])
     spec = spec_for(objects=[{"database": "ids"}], copy_options={"range_docs": 1000, "batch_docs": 250})
@@ -167,7 +167,7 @@ def test_mixed_id_types_across_copy_ranges(src_client, dst_client, spec_for, mon
 def test_a_collection_of_mixed_id_types_splits_into_even_ranges(src_client, spec_for):
     """ObjectId, int, string and UUID _ids, 2,500 of each: ten ranges of about 1,000 documents each
     (the cuts come from a random sample: no range strays far from the mean)."""
-    from tasks.verify import count_range_ids
+    from mongo_migrate.tasks.verify import count_range_ids
 
     kinds = [lambda i: ObjectId(), lambda i: i, lambda i: f"user-{i:06d}", lambda i: Binary(uuid.uuid4().bytes, 4)]
     src_client.ids.mixed.insert_many([{"_id": make(i), "n": i} for make in kinds for i in range(2500)])
@@ -181,7 +181,7 @@ def test_a_collection_of_mixed_id_types_splits_into_even_ranges(src_client, spec
 
 
 def test_selection_and_name_mapping(src_client, spec_for):
-    from blocks.spec import SpecError, parse_spec
+    from mongo_migrate.blocks.spec import SpecError, parse_spec
 
     for ns in ("shop.orders", "shop.carts", "crm.customers", "crm.leads", "other.x", "config.app_settings",
                "mongo_migrate_meta.runs"):

@@ -15,9 +15,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-from flows.approval import approve_cutover, waiting_for_approval
-from flows.migrate import migrate
-from tasks.state import read_sync_state
+from mongo_migrate.flows.approval import approve_cutover, waiting_for_approval
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.tasks.state import read_sync_state
 from tests.conftest import ROOT, assert_same_documents, index_specs, user_collections
 from tests.endpoints import ENDPOINTS, endpoints  # noqa: F401 - the fixture, found by its name
 from tests.load import SourceLoad, seed
@@ -126,7 +126,7 @@ def spec_file(tmp_path, source, dest, **options) -> str:
 def start_cli(prefect_api, log_path, *args, **popen):
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     stdout = popen.pop("stdout") if "stdout" in popen else open(log_path, "w")
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "--verbose", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", *args], cwd=ROOT, env=env,
                             stdout=stdout, stderr=subprocess.STDOUT, text=True, **popen)
 
 

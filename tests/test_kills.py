@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from flows.approval import approve_cutover, waiting_for_approval
+from mongo_migrate.flows.approval import approve_cutover, waiting_for_approval
 from tests.conftest import META_DATABASE, ROOT, assert_same_documents, index_specs, insert_raw, user_collections
 from tests.load import SourceLoad, seed
 from tests.test_faults import write_spec
@@ -43,7 +43,7 @@ class Run:
         self.t0 = time.monotonic()
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "--verbose", "run", spec_path], cwd=ROOT, text=True,
+            [sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", "run", spec_path], cwd=ROOT, text=True,
             env={**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})}, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -8,10 +8,10 @@ from datetime import datetime
 
 from bson.timestamp import Timestamp
 
-from blocks.spec import parse_spec
-from tasks.sync.events import CreateCollection, CreateIndexes, DropIndexes, ModifyCollection, plan_change
-from tasks.namespaces import NamespaceMapper
-from tasks.sync.sources import ddl_events_of, stream_has_ddl
+from mongo_migrate.blocks.spec import parse_spec
+from mongo_migrate.tasks.namespaces import NamespaceMapper
+from mongo_migrate.tasks.sync.events import CreateCollection, CreateIndexes, DropIndexes, ModifyCollection, plan_change
+from mongo_migrate.tasks.sync.sources import ddl_events_of, stream_has_ddl
 
 TS = Timestamp(1700000000, 3)
 WALL = datetime(2026, 12, 2, 6, 0)

@@ -10,18 +10,18 @@ from types import SimpleNamespace
 
 import pytest
 from bson import Code
-from pymongo.errors import WriteError
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from pymongo.errors import WriteError
 
-from blocks.mongo import close_clients
-from blocks.spec import SpecError, parse_spec
-from flows.cli import format_precheck
-from flows.migrate import PrecheckFailed, migrate, precheck
-from sandbox.mongod import Mongod, free_port
-from tasks.connect import EndpointInfo, check_connectivity
-from tasks.namespaces import plan_namespaces
-from tasks import precheck as pc
+from mongo_migrate.blocks.mongo import close_clients
+from mongo_migrate.blocks.spec import SpecError, parse_spec
+from mongo_migrate.flows.cli import format_precheck
+from mongo_migrate.flows.migrate import PrecheckFailed, migrate, precheck
+from mongo_migrate.sandbox.mongod import Mongod, free_port
+from mongo_migrate.tasks import precheck as pc
+from mongo_migrate.tasks.connect import EndpointInfo, check_connectivity
+from mongo_migrate.tasks.namespaces import plan_namespaces
 from tests.conftest import make_spec
 
 PASSWORD = "s3cret-pw"

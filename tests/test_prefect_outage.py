@@ -18,8 +18,8 @@ import time
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from blocks.mongo import MongoEndpoint
-from flows.approval import approve_cutover, waiting_for_approval
+from mongo_migrate.blocks.mongo import MongoEndpoint
+from mongo_migrate.flows.approval import approve_cutover, waiting_for_approval
 from tests.conftest import assert_same_documents
 from tests.load import SourceLoad, seed
 from tests.prefect_server import DelayingProxy, PrefectServer

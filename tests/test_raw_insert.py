@@ -8,9 +8,9 @@ import pytest
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, Regex, Timestamp
 from bson.raw_bson import RawBSONDocument
 
-import tasks.copy
-from tasks.common import RAW
-from tasks.copy import DocumentWriteError, _chunks, document_offsets, insert_raw_stream
+import mongo_migrate.tasks.copy
+from mongo_migrate.tasks.common import RAW
+from mongo_migrate.tasks.copy import DocumentWriteError, _chunks, document_offsets, insert_raw_stream
 from tests.conftest import raw_documents
 
 MiB = 1024 * 1024
@@ -23,7 +23,7 @@ def stream_of(docs: list[dict]) -> bytes:
 @pytest.fixture(params=["sequence", "per-document fallback"])
 def path(request, monkeypatch):
     if request.param == "per-document fallback":
-        monkeypatch.setattr(tasks.copy, "_SEQUENCE_PASSES_THROUGH", False)
+        monkeypatch.setattr(mongo_migrate.tasks.copy, "_SEQUENCE_PASSES_THROUGH", False)
     return request.param
 
 
@@ -42,7 +42,7 @@ def test_a_stream_arrives_byte_for_byte_and_the_sequence_path_is_the_one_taken(d
     assert insert_raw_stream(target(dst_client), stream, "raw.t") == (300, 0)
     assert dst_client.raw.t.count_documents({}) == 300
     # the fast path did not fall back on its own (that would only show as lost speed)
-    assert tasks.copy._SEQUENCE_PASSES_THROUGH is (path == "sequence")
+    assert mongo_migrate.tasks.copy._SEQUENCE_PASSES_THROUGH is (path == "sequence")
 
 
 def test_over_16_mib_goes_in_several_commands_and_a_refused_document_is_named(dst_client, path):

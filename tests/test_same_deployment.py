@@ -14,14 +14,14 @@ from datetime import datetime, timezone
 import pytest
 import yaml
 
-from blocks.mongo import close_clients
-from flows.approval import approve_cutover
-from flows.migrate import flag_emptied_sources, migrate
-from flows.verify import VerificationReport
-from sandbox.mongod import Mongod
-from tasks.connect import EndpointInfo
-from tasks.precheck import same_deployment
-from tasks.verify import CollectionVerification
+from mongo_migrate.blocks.mongo import close_clients
+from mongo_migrate.flows.approval import approve_cutover
+from mongo_migrate.flows.migrate import flag_emptied_sources, migrate
+from mongo_migrate.flows.verify import VerificationReport
+from mongo_migrate.sandbox.mongod import Mongod
+from mongo_migrate.tasks.connect import EndpointInfo
+from mongo_migrate.tasks.precheck import same_deployment
+from mongo_migrate.tasks.verify import CollectionVerification
 from tests.conftest import META_DATABASE, _drop_user_databases, assert_same_documents, make_spec
 from tests.test_incremental import wait_for, waiting_since
 
@@ -181,7 +181,7 @@ def test_drop_existing_targets_names_what_it_drops_and_keeps_everything_else(src
     spec = spec_for(objects=[{"database": "shop"}], copy_options={"drop_existing_targets": True})
     summary = migrate(spec)
     assert summary.counts_match
-    from flows.migrate import precheck
+    from mongo_migrate.flows.migrate import precheck
 
     # the precheck's row, as a rerun of the same spec shows it before anything is dropped
     assert_same_documents(src_client, dst_client, "shop.orders")

@@ -8,17 +8,15 @@ import datetime
 import json
 
 import bson
-from bson import Decimal128, Int64, Regex
-from bson import json_util
+from bson import Decimal128, Int64, Regex, json_util
 
-from flows.cli import format_summary
-from flows.migrate import migrate
-from tasks.common import RAW
-from tasks.copy import CopyRange, copy_collection_range
-from tasks.namespaces import CollectionPlan
-from tasks.schema import build_indexes, create_target_collection
-from tests.conftest import (DATA, assert_same_documents, collection_options, insert_raw, load_bson,
-                            raw_documents)
+from mongo_migrate.flows.cli import format_summary
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.tasks.common import RAW
+from mongo_migrate.tasks.copy import CopyRange, copy_collection_range
+from mongo_migrate.tasks.namespaces import CollectionPlan
+from mongo_migrate.tasks.schema import build_indexes, create_target_collection
+from tests.conftest import DATA, assert_same_documents, collection_options, insert_raw, load_bson, raw_documents
 
 TOOLS = DATA / "mongo-tools" / "mongorestore"
 

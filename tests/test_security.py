@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from blocks.mongo import MongoEndpoint
-from blocks.spec import META_DATABASE, EndpointSpec, parse_spec
-from flows.migrate import migrate
-from sandbox.mongod import Mongod
-from tasks.connect import check_connectivity
+from mongo_migrate.blocks.mongo import MongoEndpoint
+from mongo_migrate.blocks.spec import META_DATABASE, EndpointSpec, parse_spec
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.sandbox.mongod import Mongod
+from mongo_migrate.tasks.connect import check_connectivity
 from tests.conftest import assert_same_documents, raw_documents
 from tests.slack_server import SlackServer
 
@@ -55,8 +55,7 @@ def everything_prefect_stored(since: dt.datetime) -> str:
     """Flow runs (parameters, names, state messages), their task runs and logs, every artifact and
     every block document, as the API returns them, in one string."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterStartTime, LogFilter,
-                                                LogFilterFlowRunId)
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterFlowRunId
 
     with get_client(sync_client=True) as client:
         runs = _paged(client.read_flow_runs, flow_run_filter=FlowRunFilter(

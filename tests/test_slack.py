@@ -12,12 +12,12 @@ import pytest
 from prefect import get_client
 from prefect.settings import PREFECT_UI_URL
 
-from blocks.slack import SlackNotifier
-from blocks.spec import SpecError, parse_spec
-from flows.migrate import migrate
-from sandbox.mongod import free_port
-from tasks.notify import notify_migration_failed, notify_precheck_failed, notify_ready_for_cutover
-from tasks.precheck import PrecheckReport, check_notifications, failed, passed
+from mongo_migrate.blocks.slack import SlackNotifier
+from mongo_migrate.blocks.spec import SpecError, parse_spec
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.sandbox.mongod import free_port
+from mongo_migrate.tasks.notify import notify_migration_failed, notify_precheck_failed, notify_ready_for_cutover
+from mongo_migrate.tasks.precheck import PrecheckReport, check_notifications, failed, passed
 from tests.slack_server import SlackServer
 
 TOKEN = "secret-webhook-token"  # the last part of SlackServer.webhook_url

@@ -1,5 +1,5 @@
 """A first end-to-end full migration through the flow."""
-from flows.migrate import migrate
+from mongo_migrate.flows.migrate import migrate
 from tests.conftest import assert_same_documents, collection_options, index_specs
 
 

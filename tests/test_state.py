@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from blocks.spec import META_DATABASE
-from tasks.namespaces import plan_namespaces
-from tasks.state import RUNS, SCHEMA, STATE_VERSION, StateTooNew, start_run
+from mongo_migrate.blocks.spec import META_DATABASE
+from mongo_migrate.tasks.namespaces import plan_namespaces
+from mongo_migrate.tasks.state import RUNS, SCHEMA, STATE_VERSION, StateTooNew, start_run
 
 
 def test_state_of_an_older_version_is_upgraded_and_of_a_newer_one_refused(src_client, dst_client, spec_for):

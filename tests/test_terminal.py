@@ -18,8 +18,8 @@ import time
 import bson
 from bson.raw_bson import RawBSONDocument
 
-from blocks.mongo import close_clients
-from sandbox.mongod import Mongod
+from mongo_migrate.blocks.mongo import close_clients
+from mongo_migrate.sandbox.mongod import Mongod
 from tests.conftest import ROOT, assert_same_documents, insert_raw, user_collections
 from tests.load import seed
 
@@ -50,11 +50,11 @@ def test_terminal_shows_bars_then_the_sync_line_and_a_pipe_plain_lines(source, s
 
         controller, terminal = os.openpty()
         at_terminal = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", spec("tty", "shop_tty", migration_types=["full", "incremental"],
+            [sys.executable, "-m", "mongo_migrate.flows.cli", "run", spec("tty", "shop_tty", migration_types=["full", "incremental"],
                                                             incremental_options={"checkpoint_interval_s": 0.5})],
             cwd=ROOT, env=env, stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True)
         os.close(terminal)
-        piped = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", spec("pipe", "shop_pipe")], cwd=ROOT,
+        piped = subprocess.Popen([sys.executable, "-m", "mongo_migrate.flows.cli", "run", spec("pipe", "shop_pipe")], cwd=ROOT,
                                  env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         screen: list[str] = []

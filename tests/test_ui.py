@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from deployments.deploy import DESTINATION_BLOCK, SOURCE_BLOCK
+from mongo_migrate.deployments.deploy import DESTINATION_BLOCK, SOURCE_BLOCK
 from tests.conftest import assert_same_documents
 from tests.served import FINAL_STATES, OUTPUT, served_prefect
 

@@ -9,12 +9,13 @@ from datetime import datetime, timezone
 import pytest
 from pymongo.errors import OperationFailure
 
-from flows.approval import approve_cutover
-from flows.migrate import migrate
-from tasks.cutover import UNIQUE_PENDING
-from tasks.namespaces import plan_namespaces
-from tasks.schema import UniqueConversionFailed, build_indexes, convert_to_unique, create_target_collection
-from tasks.state import read_sync_state
+from mongo_migrate.flows.approval import approve_cutover
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.tasks.cutover import UNIQUE_PENDING
+from mongo_migrate.tasks.namespaces import plan_namespaces
+from mongo_migrate.tasks.schema import (UniqueConversionFailed, build_indexes, convert_to_unique,
+                                        create_target_collection)
+from mongo_migrate.tasks.state import read_sync_state
 from tests.conftest import assert_same_documents, index_specs
 from tests.test_incremental import wait_for, waiting_since
 

@@ -11,13 +11,13 @@ from bson import Decimal128, Int64, ObjectId
 from bson.raw_bson import RawBSONDocument
 from prefect import get_client
 
-from flows.migrate import migrate
-from flows.verify import VerificationReport, verification_text
-from tasks.namespaces import plan_namespaces
-import tasks.verify
-from tasks.copy import copy_collection_range, split_collection
-from tasks.schema import create_target_collection
-from tasks.verify import digest_raw_batch, verify_collection
+import mongo_migrate.tasks.verify
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.flows.verify import VerificationReport, verification_text
+from mongo_migrate.tasks.copy import copy_collection_range, split_collection
+from mongo_migrate.tasks.namespaces import plan_namespaces
+from mongo_migrate.tasks.schema import create_target_collection
+from mongo_migrate.tasks.verify import digest_raw_batch, verify_collection
 from tests.conftest import insert_raw
 
 
@@ -103,8 +103,8 @@ def test_a_full_runs_verification_reads_the_destination_and_counts_the_source_in
     assert len(copied) >= 4
 
     reads = []
-    real_range_batches = tasks.verify.range_batches
-    monkeypatch.setattr(tasks.verify, "range_batches", lambda spec, rng, side, ids_only=False: (
+    real_range_batches = mongo_migrate.tasks.verify.range_batches
+    monkeypatch.setattr(mongo_migrate.tasks.verify, "range_batches", lambda spec, rng, side, ids_only=False: (
         reads.append((side, "_id only" if ids_only else "documents"))
         or real_range_batches(spec, rng, side, ids_only)))
     same = verify_collection(spec, plan, recheck_delay_s=0, copied=copied)

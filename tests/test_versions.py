@@ -17,7 +17,7 @@ from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Rege
 from bson.dbref import DBRef
 from bson.raw_bson import RawBSONDocument
 
-from tasks.common import RAW
+from mongo_migrate.tasks.common import RAW
 from tests.conftest import (assert_same_documents, collection_options, index_specs, insert_raw, load_bson,
                             raw_documents, user_collections)
 
@@ -226,12 +226,12 @@ def test_full_migration_from_an_old_source(version, standalone, old_source, dest
 def test_time_series_copy_resumes_from_its_checkpoint(version, old_source, request, dest):
     """A time-series collection is read from its buckets without an _id hint (5.0's list no _id
     index); an attempt that stopped part way resumes from its checkpoint."""
-    from blocks.spec import META_DATABASE
-    from tasks.common import to_ejson
-    from tasks.copy import CopyRange, copy_collection_range
-    from tasks.state import COPY_UNITS
-    from tasks.namespaces import plan_namespaces
-    from tasks.schema import create_target_collection
+    from mongo_migrate.blocks.spec import META_DATABASE
+    from mongo_migrate.tasks.common import to_ejson
+    from mongo_migrate.tasks.copy import CopyRange, copy_collection_range
+    from mongo_migrate.tasks.namespaces import plan_namespaces
+    from mongo_migrate.tasks.schema import create_target_collection
+    from mongo_migrate.tasks.state import COPY_UNITS
     from tests.conftest import make_spec
 
     server = request.getfixturevalue("source") if version == "6.0.5" else old_source(version)

@@ -1,7 +1,7 @@
 """The precheck's version row and incremental prerequisites on real old sources."""
 from __future__ import annotations
 
-from flows.migrate import precheck
+from mongo_migrate.flows.migrate import precheck
 from tests.conftest import make_spec
 
 

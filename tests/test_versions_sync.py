@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 import pytest
 from pymongo import MongoClient
 
-from flows.approval import approve_cutover
-from flows.migrate import migrate
-from tasks.state import read_sync_state
+from mongo_migrate.flows.approval import approve_cutover
+from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.tasks.state import read_sync_state
 from tests.conftest import assert_same_documents, collection_options, index_specs, make_spec, user_collections
 from tests.load import SourceLoad, seed
 from tests.test_incremental import wait_for, waiting_since

@@ -21,28 +21,29 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Optional
 
-from blocks.spec import MigrationSpec
-from tasks.common import step
-from tasks.connect import EndpointInfo
-from tasks.namespaces import MigrationPlan
-from tasks.precheck.capacity import (DESTINATION_STORAGE, OPLOG_WINDOW, DestinationSpace, OplogWindow,
-                                     check_destination_storage, check_oplog_window, classify_oplog_window,
-                                     classify_storage, measure_copy_rate, read_destination_space,
-                                     read_oplog_window)
-from tasks.precheck.connectivity import (DESTINATION_CONNECTIVITY, DISTINCT_DEPLOYMENTS, SOURCE_CONNECTIVITY,
-                                         check_distinct_deployments, check_endpoint, same_deployment)
-from tasks.precheck.data import DATA_COMPATIBILITY, check_data_compatibility, rejected_field_names
-from tasks.precheck.inventory import SourceInventory, read_source_inventory
-from tasks.precheck.notifications import NOTIFICATIONS, check_notifications
-from tasks.precheck.objects import (OBJECTS, TARGET_NAMESPACES, ObjectListing, check_name_mapping, check_objects,
-                                    check_targets_empty, list_selected_objects)
-from tasks.precheck.permissions import (DESTINATION_PERMISSIONS, SOURCE_PERMISSIONS, check_destination_permissions,
-                                        check_source_permissions)
-from tasks.precheck.report import CheckResult, PrecheckReport, failed, passed, warning
-from tasks.precheck.versions import (DESTINATION_COMPATIBILITY, INCREMENTAL, SOURCE_VERSION,
-                                     check_destination_compatibility, check_incremental_prerequisites,
-                                     check_source_version, classify_destination, classify_source_version,
-                                     collection_problem, index_problem, standalone_remedy)
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import step
+from mongo_migrate.tasks.connect import EndpointInfo
+from mongo_migrate.tasks.namespaces import MigrationPlan
+from mongo_migrate.tasks.precheck.capacity import (DESTINATION_STORAGE, OPLOG_WINDOW, DestinationSpace, OplogWindow,
+                                                   check_destination_storage, check_oplog_window, classify_oplog_window,
+                                                   classify_storage, measure_copy_rate, read_destination_space,
+                                                   read_oplog_window)
+from mongo_migrate.tasks.precheck.connectivity import (DESTINATION_CONNECTIVITY, DISTINCT_DEPLOYMENTS,
+                                                       SOURCE_CONNECTIVITY, check_distinct_deployments, check_endpoint,
+                                                       same_deployment)
+from mongo_migrate.tasks.precheck.data import DATA_COMPATIBILITY, check_data_compatibility, rejected_field_names
+from mongo_migrate.tasks.precheck.inventory import SourceInventory, read_source_inventory
+from mongo_migrate.tasks.precheck.notifications import NOTIFICATIONS, check_notifications
+from mongo_migrate.tasks.precheck.objects import (OBJECTS, TARGET_NAMESPACES, ObjectListing, check_name_mapping,
+                                                  check_objects, check_targets_empty, list_selected_objects)
+from mongo_migrate.tasks.precheck.permissions import (DESTINATION_PERMISSIONS, SOURCE_PERMISSIONS,
+                                                      check_destination_permissions, check_source_permissions)
+from mongo_migrate.tasks.precheck.report import CheckResult, PrecheckReport, failed, passed, warning
+from mongo_migrate.tasks.precheck.versions import (DESTINATION_COMPATIBILITY, INCREMENTAL, SOURCE_VERSION,
+                                                   check_destination_compatibility, check_incremental_prerequisites,
+                                                   check_source_version, classify_destination, classify_source_version,
+                                                   collection_problem, index_problem, standalone_remedy)
 
 # what an item may need: the endpoints reachable, the plan (the selection could be listed), the
 # source's inventory (read once, for several items), a Slack notifier in the spec

@@ -10,13 +10,13 @@ from pydantic import BaseModel
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import OperationFailure
 
-from blocks.mongo import MongoConnection, open_client
-from blocks.spec import META_DATABASE, MigrationSpec
-from tasks.connect import EndpointInfo
-from tasks.namespaces import MigrationPlan
-from tasks.precheck.inventory import SourceInventory, inventory_unreadable
-from tasks.precheck.report import CheckResult, MiB, check_item, failed, fmt_bytes, fmt_hours, passed, warning
-
+from mongo_migrate.blocks.mongo import MongoConnection, open_client
+from mongo_migrate.blocks.spec import META_DATABASE, MigrationSpec
+from mongo_migrate.tasks.connect import EndpointInfo
+from mongo_migrate.tasks.namespaces import MigrationPlan
+from mongo_migrate.tasks.precheck.inventory import SourceInventory, inventory_unreadable
+from mongo_migrate.tasks.precheck.report import (CheckResult, MiB, check_item, failed, fmt_bytes, fmt_hours, passed,
+                                                 warning)
 
 OPLOG_WINDOW = "oplog window"
 DESTINATION_STORAGE = "destination storage"

@@ -4,15 +4,14 @@ from __future__ import annotations
 from typing import Optional
 from urllib.parse import urlsplit
 
-from blocks.mongo import MongoConnection
-from blocks.spec import MigrationSpec
-from tasks.connect import EndpointInfo
-from tasks.namespaces import MigrationPlan, NamespaceMapper
-from tasks.precheck.objects import occupied_targets
-from tasks.precheck.report import CheckResult, check_item, failed, listing, passed, warning
-from tasks.precheck.versions import OLD_SOURCE_REMEDY
-from tasks.state import resumable_run
-
+from mongo_migrate.blocks.mongo import MongoConnection
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.connect import EndpointInfo
+from mongo_migrate.tasks.namespaces import MigrationPlan, NamespaceMapper
+from mongo_migrate.tasks.precheck.objects import occupied_targets
+from mongo_migrate.tasks.precheck.report import CheckResult, check_item, failed, listing, passed, warning
+from mongo_migrate.tasks.precheck.versions import OLD_SOURCE_REMEDY
+from mongo_migrate.tasks.state import resumable_run
 
 SOURCE_CONNECTIVITY = "source connectivity"
 DESTINATION_CONNECTIVITY = "destination connectivity"

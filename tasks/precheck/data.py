@@ -10,15 +10,14 @@ import bson
 from bson.codec_options import CodecOptions
 from pymongo import ASCENDING, DESCENDING
 
-from blocks.mongo import open_client, server_hello
-from blocks.spec import MigrationSpec
-from tasks.common import version_tuple
-from tasks.connect import EndpointInfo
-from tasks.copy import document_offsets
-from tasks.namespaces import CollectionPlan, MigrationPlan
-from tasks.precheck.inventory import CollectionFacts, SourceInventory, inventory_unreadable
-from tasks.precheck.report import CheckResult, MiB, check_item, failed, listing, passed, warning
-
+from mongo_migrate.blocks.mongo import open_client, server_hello
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import version_tuple
+from mongo_migrate.tasks.connect import EndpointInfo
+from mongo_migrate.tasks.copy import document_offsets
+from mongo_migrate.tasks.namespaces import CollectionPlan, MigrationPlan
+from mongo_migrate.tasks.precheck.inventory import CollectionFacts, SourceInventory, inventory_unreadable
+from mongo_migrate.tasks.precheck.report import CheckResult, MiB, check_item, failed, listing, passed, warning
 
 DATA_COMPATIBILITY = "data compatibility"
 MAX_BSON_SIZE = 16 * MiB

@@ -7,14 +7,12 @@ from typing import Optional
 from pydantic import BaseModel
 from pymongo.errors import OperationFailure, PyMongoError
 
-from blocks.mongo import open_client
-from blocks.spec import MigrationSpec
-from tasks.common import (
-    COLLSTATS_NOT_FOUND_42, COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND, from_ejson, to_ejson
-)
-from tasks.namespaces import CollectionPlan, MigrationPlan
-from tasks.precheck.report import CheckResult, failed, source_read_problem
-
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import (COLLSTATS_NOT_FOUND_42, COMMAND_NOT_SUPPORTED_ON_VIEW, NAMESPACE_NOT_FOUND,
+                                        from_ejson, to_ejson)
+from mongo_migrate.tasks.namespaces import CollectionPlan, MigrationPlan
+from mongo_migrate.tasks.precheck.report import CheckResult, failed, source_read_problem
 
 # -- source inventory: sizes and index specs, read once for items 4, 8, 9, 12 -------------------
 

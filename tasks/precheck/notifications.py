@@ -1,10 +1,8 @@
 """The Slack notifier the spec names can be loaded (no message is sent)."""
 from __future__ import annotations
 
-
-from blocks.spec import MigrationSpec
-from tasks.precheck.report import CheckResult, check_item, passed
-
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.precheck.report import CheckResult, check_item, passed
 
 NOTIFICATIONS = "slack notifications"
 

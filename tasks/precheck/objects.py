@@ -7,16 +7,13 @@ from typing import Optional
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
-from blocks.mongo import open_client
-from blocks.spec import (
-    MAX_NAMESPACE_BYTES, META_DATABASE, MigrationSpec, collection_name_problem, database_name_problem
-)
-from tasks.namespaces import MigrationPlan, plan_namespaces
-from tasks.precheck.report import (
-    CheckResult, check_item, failed, listing, passed, source_read_problem, warning
-)
-from tasks.state import resumable_run
-
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import (MAX_NAMESPACE_BYTES, META_DATABASE, MigrationSpec, collection_name_problem,
+                                       database_name_problem)
+from mongo_migrate.tasks.namespaces import MigrationPlan, plan_namespaces
+from mongo_migrate.tasks.precheck.report import (CheckResult, check_item, failed, listing, passed, source_read_problem,
+                                                 warning)
+from mongo_migrate.tasks.state import resumable_run
 
 OBJECTS = "selected objects"
 CONFIG_DATABASE = "config database"

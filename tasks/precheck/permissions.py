@@ -7,12 +7,11 @@ from typing import Optional
 from pydantic import BaseModel
 from pymongo.errors import OperationFailure
 
-from blocks.mongo import MongoConnection, open_client
-from blocks.spec import META_DATABASE, MigrationSpec
-from tasks.namespaces import MigrationPlan
-from tasks.precheck.objects import INTERNAL_DATABASES
-from tasks.precheck.report import CheckResult, check_item, failed, passed, warning
-
+from mongo_migrate.blocks.mongo import MongoConnection, open_client
+from mongo_migrate.blocks.spec import META_DATABASE, MigrationSpec
+from mongo_migrate.tasks.namespaces import MigrationPlan
+from mongo_migrate.tasks.precheck.objects import INTERNAL_DATABASES
+from mongo_migrate.tasks.precheck.report import CheckResult, check_item, failed, passed, warning
 
 SOURCE_PERMISSIONS = "source permissions"
 DESTINATION_PERMISSIONS = "destination permissions"

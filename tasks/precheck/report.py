@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 from pymongo.errors import OperationFailure, PyMongoError
 
-from blocks.mongo import MongoConnection
-from blocks.spec import SpecError
-from tasks.common import UNAUTHORIZED
-from tasks.connect import describe_connection_error
+from mongo_migrate.blocks.mongo import MongoConnection
+from mongo_migrate.blocks.spec import SpecError
+from mongo_migrate.tasks.common import UNAUTHORIZED
+from mongo_migrate.tasks.connect import describe_connection_error
 
 log = logging.getLogger("mongo_migrate.precheck")
 

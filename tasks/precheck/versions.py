@@ -6,15 +6,14 @@ from typing import Optional
 
 from pymongo.errors import OperationFailure
 
-from blocks.mongo import MongoConnection, open_client, server_hello
-from blocks.spec import MigrationSpec
-from tasks.common import version_tuple
-from tasks.connect import EndpointInfo
-from tasks.namespaces import MigrationPlan
-from tasks.precheck.inventory import SourceInventory, inventory_unreadable
-from tasks.precheck.report import CheckResult, check_item, failed, first_host, passed, refusal, warning
-from tasks.sync.sources import stream_has_ddl
-
+from mongo_migrate.blocks.mongo import MongoConnection, open_client, server_hello
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import version_tuple
+from mongo_migrate.tasks.connect import EndpointInfo
+from mongo_migrate.tasks.namespaces import MigrationPlan
+from mongo_migrate.tasks.precheck.inventory import SourceInventory, inventory_unreadable
+from mongo_migrate.tasks.precheck.report import CheckResult, check_item, failed, first_host, passed, refusal, warning
+from mongo_migrate.tasks.sync.sources import stream_has_ddl
 
 INCREMENTAL = "incremental prerequisites"
 SOURCE_VERSION = "source version and topology"

@@ -17,12 +17,12 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import BulkWriteError
 
-from blocks.mongo import open_client
-from blocks.spec import MigrationSpec
-from tasks.common import DUPLICATE_KEY, RAW
-from blocks.errors import ChangeApplyError
-from tasks.sync.events import DocWrite, Target
-from tasks.state import sync_state_collection
+from mongo_migrate.blocks.errors import ChangeApplyError
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import DUPLICATE_KEY, RAW
+from mongo_migrate.tasks.state import sync_state_collection
+from mongo_migrate.tasks.sync.events import DocWrite, Target
 
 
 def target_collection(spec: MigrationSpec, target: Target):

@@ -12,17 +12,17 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
-from blocks.errors import ChangeApplyError
-from blocks.mongo import open_client
-from blocks.spec import MigrationSpec
-from tasks.common import DUPLICATE_KEY, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND, RAW, to_ejson
-from tasks.copy import insert_raw_stream, read_raw_range
-from tasks.namespaces import CollectionPlan, NamespaceMapper
-from tasks.schema import build_indexes, create_target_collection, create_views
-from tasks.sync.conflicts import UniqueConflicts
-from tasks.sync.events import (Action, CreateCollection, CreateIndexes, DocWrite,
-                               DropCollection, DropDatabase, DropIndexes, ModifyCollection,
-                               RecopyCollection, RenameCollection, Target)
+from mongo_migrate.blocks.errors import ChangeApplyError
+from mongo_migrate.blocks.mongo import open_client
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import DUPLICATE_KEY, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND, RAW, to_ejson
+from mongo_migrate.tasks.copy import insert_raw_stream, read_raw_range
+from mongo_migrate.tasks.namespaces import CollectionPlan, NamespaceMapper
+from mongo_migrate.tasks.schema import build_indexes, create_target_collection, create_views
+from mongo_migrate.tasks.sync.conflicts import UniqueConflicts
+from mongo_migrate.tasks.sync.events import (Action, CreateCollection, CreateIndexes, DocWrite, DropCollection,
+                                             DropDatabase, DropIndexes, ModifyCollection, RecopyCollection,
+                                             RenameCollection, Target)
 
 INDEX_CONFLICTS = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
 

@@ -24,18 +24,18 @@ from typing import Any, Callable
 from bson.timestamp import Timestamp
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
-from blocks.errors import ChangeApplyError, OplogWindowExceeded
-from blocks.mongo import open_client, server_hello
-from blocks.spec import MigrationSpec
-from tasks.common import DUPLICATE_KEY
-from tasks.namespaces import NamespaceMapper
-from tasks.sync.conflicts import UniqueConflicts, target_collection
-from tasks.sync.ddl import DestinationDDL
-from tasks.sync.events import (Action, Batch, DocWrite, Target, change_stream_pipeline,
-                               partition_writes, plan_change, token_time, transaction_of, wall_seconds)
-from tasks.state import read_sync_state, sync_state_collection
-from tasks.sync.position import ts_text
-from tasks.sync.sources import OplogDDL, stream_has_ddl
+from mongo_migrate.blocks.errors import ChangeApplyError, OplogWindowExceeded
+from mongo_migrate.blocks.mongo import open_client, server_hello
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import DUPLICATE_KEY
+from mongo_migrate.tasks.namespaces import NamespaceMapper
+from mongo_migrate.tasks.state import read_sync_state, sync_state_collection
+from mongo_migrate.tasks.sync.conflicts import UniqueConflicts, target_collection
+from mongo_migrate.tasks.sync.ddl import DestinationDDL
+from mongo_migrate.tasks.sync.events import (Action, Batch, DocWrite, Target, change_stream_pipeline, partition_writes,
+                                             plan_change, token_time, transaction_of, wall_seconds)
+from mongo_migrate.tasks.sync.position import ts_text
+from mongo_migrate.tasks.sync.sources import OplogDDL, stream_has_ddl
 
 log = logging.getLogger("mongo_migrate.changes")
 

@@ -41,9 +41,9 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import DeleteOne, ReplaceOne
 
-from blocks.spec import META_DATABASE, SYSTEM_DATABASES
-from tasks.common import to_ejson
-from tasks.namespaces import CollectionPlan, NamespaceMapper
+from mongo_migrate.blocks.spec import META_DATABASE, SYSTEM_DATABASES
+from mongo_migrate.tasks.common import to_ejson
+from mongo_migrate.tasks.namespaces import CollectionPlan, NamespaceMapper
 
 log = logging.getLogger("mongo_migrate.changes")
 

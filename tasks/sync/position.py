@@ -13,14 +13,13 @@ from datetime import datetime, timezone
 from bson.timestamp import Timestamp
 from pydantic import BaseModel
 
-from blocks.mongo import MongoConnection, open_client
-from blocks.spec import MigrationSpec
-from tasks.common import step
-from tasks.precheck import read_oplog_window
-from tasks.sync.events import token_time
-from tasks.state import sync_state_collection
-from tasks.sync.sources import stream_has_ddl
-
+from mongo_migrate.blocks.mongo import MongoConnection, open_client
+from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.tasks.common import step
+from mongo_migrate.tasks.precheck import read_oplog_window
+from mongo_migrate.tasks.state import sync_state_collection
+from mongo_migrate.tasks.sync.events import token_time
+from mongo_migrate.tasks.sync.sources import stream_has_ddl
 
 
 class SyncStart(BaseModel):

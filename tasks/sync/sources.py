@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from bson.timestamp import Timestamp
 from pymongo import ASCENDING
 
-from tasks.common import version_tuple
+from mongo_migrate.tasks.common import version_tuple
 
 # change streams carry DDL (showExpandedEvents) from this version on
 EXPANDED_EVENTS_SINCE = (6, 0)
