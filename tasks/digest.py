@@ -6,7 +6,11 @@ of each document's raw BSON modulo 2**128. Addition does not depend on the order
 documents in, and unlike XOR a document stored twice adds its hash twice instead of cancelling out, so
 neither a duplicate nor a missing+extra pair goes unseen.
 
-`StreamHash`: the hash of a range's bytes in the order read (what the copy keeps of a range).
+`StreamHash`: the hash of a range's bytes in the order read (what the copy keeps of a range). It is MD5
+because that is what the server's `dbHash` command computes of a collection (the documents' bytes end to
+end in `_id` index order): a collection the copy read in one range is checked on the destination by the
+destination itself, without sending its bytes (tasks/verify.py). It detects accidents, not adversaries:
+nobody chooses the documents to collide.
 """
 from __future__ import annotations
 
@@ -36,13 +40,13 @@ def digest_raw_batch(raw: bytes) -> tuple[int, int]:
 
 
 class StreamHash:
-    """The hash of documents' bytes in the order they were read (BLAKE2b over the raw
-    batches end to end, whatever their boundaries). Two reads of a range in `_id` order give the same
-    hash exactly when they return the same documents, byte for byte, and it costs a small part of the
-    per-document digest: one call per batch, during which hashlib lets go of the GIL."""
+    """The hash of documents' bytes in the order they were read (MD5 over the raw batches end to end,
+    whatever their boundaries, as `dbHash` hashes a collection). Two reads of a range in `_id` order give
+    the same hash exactly when they return the same documents, byte for byte, and it costs a small part
+    of the per-document digest: one call per batch, during which hashlib lets go of the GIL."""
 
     def __init__(self) -> None:
-        self._hash = hashlib.blake2b(digest_size=16)
+        self._hash = hashlib.md5(usedforsecurity=False)
 
     def update(self, raw: bytes) -> None:
         self._hash.update(raw)

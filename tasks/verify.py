@@ -6,7 +6,7 @@ index specs, and view definitions.
 
 In a full run the copy has hashed each range of the source as it read it, in `_id` order (tasks/copy.py),
 so the source's documents are not read again: the destination's range, read in the same order, must
-hash the same, and the source's documents in the range are counted from its `_id` index alone (a
+hash the same (a collection copied as one range is hashed by the destination server itself, `dbHash`), and the source's documents in the range are counted from its `_id` index alone (a
 covered scan), which is independent of the copy and so catches a document the copy never read. A range
 where either differs, one the copy resumed or an earlier run finished, and every run of `verify` itself
 digest both sides as above.
@@ -33,6 +33,7 @@ from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.json_util import JSONMode, JSONOptions
 from pydantic import BaseModel, computed_field
 from pymongo.collection import Collection
+from pymongo.errors import OperationFailure
 
 from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import MigrationSpec
@@ -161,6 +162,32 @@ def hash_range(spec: MigrationSpec, rng: CopyRange, side: Side) -> str:
     for raw in range_batches(spec, rng, side):
         stream.update(raw)
     return stream.hexdigest()
+
+
+def destination_range_hash(spec: MigrationSpec, rng: CopyRange) -> str:
+    """hash_range of the destination; a range that is the whole collection is hashed by the server."""
+    whole = rng.lower_ejson is None and rng.upper_ejson is None
+    server_hash = destination_collection_hash(spec, rng.plan) if whole else None
+    return server_hash if server_hash is not None else hash_range(spec, rng, "destination")
+
+
+def destination_collection_hash(spec: MigrationSpec, plan: CollectionPlan) -> str | None:
+    """The target collection's StreamHash as the destination computes it: `dbHash` is the MD5 of its
+    documents' bytes in `_id` index order, the order the copy reads a range in, so a collection the copy
+    read whole is checked without its bytes crossing the network (a copy's last verification read
+    them all back before). None where the server does not give one (a mongos, a collection without an
+    `_id` index, a user without the dbHash action): the range is then read as before.
+
+    dbHash holds the target database's lock without yielding while it hashes, so it only runs where
+    nothing else writes: a full run's last step, before anyone is told the destination is ready."""
+    coll = plan.target_data_collection
+    try:
+        reply = open_client(spec.destination.resolve())[plan.target_db].command(
+            "dbHash", collections=[coll])
+    except OperationFailure:
+        return None
+    value = reply.get("collections", {}).get(coll)
+    return value if isinstance(value, str) and len(value) == 32 else None
 
 
 class CopiedRange(NamedTuple):
@@ -432,7 +459,7 @@ def verify_collection(spec: MigrationSpec, plan: CollectionPlan, recheck_delay_s
             return [(s.result(), d.result()) for s, d in futures]
 
         def digest_against_copy(rngs: list[CopyRange], read: list[CopiedRange]) -> list[tuple[RangeDigest, RangeDigest]]:
-            futures = [(pool.submit(count_range_ids, spec, r), pool.submit(hash_range, spec, r, "destination"))
+            futures = [(pool.submit(count_range_ids, spec, r), pool.submit(destination_range_hash, spec, r))
                        for r in rngs]
             equal = [count_f.result() == copy_read.docs and hash_f.result() == copy_read.hash
                      for copy_read, (count_f, hash_f) in zip(read, futures)]

@@ -17,7 +17,7 @@ from mongo_migrate.flows.verify import VerificationReport, verification_text
 from mongo_migrate.tasks.copy import copy_collection_range, split_collection
 from mongo_migrate.tasks.namespaces import plan_namespaces
 from mongo_migrate.tasks.schema import create_target_collection
-from mongo_migrate.tasks.verify import digest_raw_batch, verify_collection
+from mongo_migrate.tasks.verify import destination_collection_hash, digest_raw_batch, verify_collection
 from tests.conftest import insert_raw
 
 
@@ -124,6 +124,40 @@ def test_a_full_runs_verification_reads_the_destination_and_counts_the_source_in
     assert sorted(kinds["missing"]) == sorted(["2500.25", '{"$oid": "000000000000000000001385"}'])
     assert kinds["different"] == ['"k000011"']
     assert diff.source_docs == 5001 and diff.target_docs == 4999
+
+
+def test_a_collection_copied_in_one_range_is_hashed_by_the_destination_server(
+        src_client, dst_client, spec_for, monkeypatch):
+    """A collection the copy read whole is checked with the destination's own dbHash (the MD5 of its
+    documents in _id order, what the copy hashed as it read): neither side's documents are read again,
+    and a document changed, removed or never copied is still named by its _id."""
+    insert_raw(src_client, "shop.whole", mixed_documents(3000))
+    spec = spec_for(objects=[{"database": "shop"}])
+    plan = plan_for(spec, "shop.whole")
+    create_target_collection(spec, plan)
+    copied = [copy_collection_range(spec, r) for r in split_collection(spec, plan)]
+    assert [(c.lower_ejson, c.upper_ejson) for c in copied] == [(None, None)]
+
+    reads = []
+    real_range_batches = mongo_migrate.tasks.verify.range_batches
+    monkeypatch.setattr(mongo_migrate.tasks.verify, "range_batches", lambda spec, rng, side, ids_only=False: (
+        reads.append((side, "_id only" if ids_only else "documents"))
+        or real_range_batches(spec, rng, side, ids_only)))
+    same = verify_collection(spec, plan, recheck_delay_s=0, copied=copied)
+    assert same.equal, same.describe()
+    assert (same.source_docs, same.target_docs, same.ranges) == (3000, 3000, 1)
+    assert reads == [("source", "_id only")]  # the destination hashed its documents itself
+    assert destination_collection_hash(spec, plan) == copied[0].read_hash
+
+    src_client.shop.whole.insert_one({"_id": 2500.25, "n": -1})       # after the copy: never read by it
+    whole = dst_client.shop.get_collection("whole", codec_options=bson.CodecOptions(RawBSONDocument))
+    whole.update_one({"_id": "k000011"}, {"$set": {"n": 12}})  # the same size, other bytes
+    whole.delete_one({"_id": ObjectId((2997).to_bytes(12, "big"))})
+    diff = verify_collection(spec, plan, recheck_delay_s=0.1, copied=copied)
+    assert (diff.missing, diff.extra, diff.different) == (2, 0, 1)
+    kinds = by_kind(diff)
+    assert sorted(kinds["missing"]) == sorted(["2500.25", '{"$oid": "000000000000000000000bb5"}'])
+    assert kinds["different"] == ['"k000011"']
 
 
 def test_a_change_still_in_flight_is_not_reported(src_client, dst_client, spec_for):
