@@ -35,7 +35,7 @@ def test_the_wheel_holds_every_module_under_mongo_migrate_and_nothing_at_the_top
                 for package in PACKAGES for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
     assert expected <= set(names), f"left out of the wheel: {sorted(expected - set(names))}"
     entry_points = zipfile.ZipFile(wheel).read("mongo_migrate-0.1.0.dist-info/entry_points.txt").decode()
-    assert "mongo-migrate = mongo_migrate.flows.cli:main" in entry_points
+    assert "mongo-migrate = mongo_migrate.flows.cli:console_main" in entry_points
 
 
 def test_the_installed_project_imports_its_own_modules_beside_another_tasks_package(wheel, tmp_path):
