@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import bson
+import httpx
 import pytest
 from bson.raw_bson import RawBSONDocument
 
@@ -205,6 +206,9 @@ def test_copy_cap_holds_switches_when_its_window_ends_and_follows_a_live_change(
         assert live == pytest.approx(2000, rel=0.10), f"{live:.0f} docs/s 2 s after the live change"
         print(f"live 2,000 docs/s: {live:.0f} docs/s from 2 to 5 s after the command returned")
 
+        progress = httpx.get(f"{prefect_api}/artifacts/full-copy-progress/latest").json()["description"]
+        assert "; load cap 2,000 docs/s (live), now " in progress, progress
+
         shown = run_cli("status", str(spec_file))
         assert shown.returncode == 0, shown.stderr
         cap_line = next(line for line in shown.stdout.splitlines() if line.startswith("load cap: "))
@@ -269,3 +273,32 @@ def test_no_cap_books_nothing_and_a_live_cap_is_seen_within_a_second(source, des
     assert pace.current(COPY) == Cap(100, None, "live")
     pace.take(COPY, 100, 0)  # books 1 s: the next one waits about that
     assert pace.take(COPY, 100, 0) == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_prefect_variable_sets_the_live_cap_on_the_destination(source, dest, dst_client, caplog):
+    """The flow's watcher (flows/throttle.py) against the session's Prefect server: a value set in the
+    UI reaches the destination within 2 s; a bad one is refused naming the key; deleted, the spec's
+    caps apply again."""
+    from prefect.variables import Variable
+
+    from mongo_migrate.flows.throttle import VARIABLE, VariableWatcher
+    from mongo_migrate.tasks.throttle import read_live
+
+    spec = make_spec(source, dest, throttle={"docs_per_s": 100})
+    Variable.set(VARIABLE, {"docs_per_s": 5000, "sync_mb_per_s": 2}, overwrite=True)
+    watcher = VariableWatcher(spec)
+    try:
+        wait_for(lambda: read_live(spec) == Caps(docs_per_s=5000, sync_mb_per_s=2), 2, "the cap set before the run")
+        Variable.set(VARIABLE, {"off": True}, overwrite=True)
+        wait_for(lambda: read_live(spec) == Caps(), 2, "the cap lifted from the Variable")
+        Variable.set(VARIABLE, {"docs_per_s": -3}, overwrite=True)
+        wait_for(lambda: "Input should be greater than 0" in caplog.text, 2, "the bad value refused")
+        assert "Variable mongo-migrate-throttle: docs_per_s: Input should be greater than 0; the load cap stays " \
+               "as it is" in caplog.text
+        assert read_live(spec) == Caps()
+        Variable.unset(VARIABLE)
+        wait_for(lambda: dst_client.mongo_migrate_meta.throttle.count_documents({}) == 0, 2,
+                 "the live cap dropped with the Variable")
+    finally:
+        watcher.stop()
+        Variable.unset(VARIABLE)
