@@ -7,7 +7,7 @@ reads, the sync's writes) is paced on its own.
 
 The pace is GCRA (the "theoretical arrival time"): one document per run and direction holds `tat`, the
 time at which the run may next read. Each batch advances it in one `find_one_and_update` whose update is
-a pipeline (`start = max(tat, $$NOW)`, `tat = start + cost`), so every worker, on any machine, books its
+a pipeline (`start = max(tat, $$NOW - LATE_MS)`, `tat = start + cost`), so every worker, on any machine, books its
 slot atomically by the destination's clock alone, and sleeps until `start`. No cap, no round trip: the
 hot path then costs a dictionary look-up, and one read of the live cap per second per process.
 """
@@ -34,6 +34,9 @@ DIRECTIONS = (COPY, SYNC)
 REFRESH_S = 1.0
 # the achieved rate is measured over spans at least this long (kept in the pace document)
 RATE_SPAN_MS = 2000
+# a worker that books its next slot up to this late keeps the time it lost (the cap's own slots, not
+# the worker's round trips and writes, set the rate); a pace idle for longer starts from now
+LATE_MS = 250
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,8 @@ def _book(key: str, cost_ms: float, docs: int, nbytes: int) -> list[dict]:
     return [
         {"$set": {
             # a pace booked under another rate starts afresh: a lowered cap's backlog is not owed
-            "start": {"$cond": [{"$eq": ["$cap", key]}, {"$max": [{"$ifNull": ["$tat", 0]}, _NOW_MS]}, _NOW_MS]},
+            "start": {"$cond": [{"$eq": ["$cap", key]},
+                                {"$max": [{"$ifNull": ["$tat", 0]}, {"$subtract": [_NOW_MS, LATE_MS]}]}, _NOW_MS]},
             "now": _NOW_MS, "updated": "$$NOW", "cap": key,
             "rolled": {"$gte": [{"$subtract": [_NOW_MS, {"$ifNull": ["$span_start", 0]}]}, RATE_SPAN_MS]},
         }},
