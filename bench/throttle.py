@@ -35,7 +35,7 @@ from mongo_migrate.tasks import copy as copy_module  # noqa: E402
 from mongo_migrate.tasks.copy import copy_collection_range, split_collection  # noqa: E402
 from mongo_migrate.tasks.namespaces import plan_namespaces  # noqa: E402
 from mongo_migrate.tasks.state import start_run  # noqa: E402
-from mongo_migrate.tasks.throttle import limiter  # noqa: E402
+from mongo_migrate.tasks.throttle import COPY, limiter, read_live  # noqa: E402
 
 
 class NoPace:
@@ -104,6 +104,27 @@ def main() -> None:
                 med = statistics.median(s)
                 print(f"  {name:<11} {med:6.2f} s = {args.docs / med:>9,.0f} docs/s  ({base_s / med:.3f} of "
                       f"no limiter's docs/s)")
+            # what the limiter's own calls cost, timed alone: steadier than whole copies on a shared machine
+            batches = args.docs / args.batch_docs
+            free, far = limiter(specs["no cap"]), limiter(specs["cap far up"])
+            free.take(COPY, args.batch_docs, 0)
+            t = time.perf_counter()
+            for _ in range(100_000):
+                free.take(COPY, args.batch_docs, args.batch_docs * args.doc_bytes)
+            per_take_us = (time.perf_counter() - t) / 100_000 * 1e6
+            t = time.perf_counter()
+            for _ in range(300):
+                read_live(specs["no cap"])
+            per_read_ms = (time.perf_counter() - t) / 300 * 1e3
+            t = time.perf_counter()
+            for _ in range(300):
+                far.take(COPY, args.batch_docs, args.batch_docs * args.doc_bytes)
+            per_booking_ms = (time.perf_counter() - t) / 300 * 1e3
+            copy_s = statistics.median(seconds["no limiter"])
+            print(f"limiter alone: no cap {per_take_us:.2f} us per batch + one live-cap read of {per_read_ms:.2f} ms "
+                  f"per second = {(per_take_us * 1e-6 * batches + per_read_ms * 1e-3 * copy_s) / copy_s:.2%} of "
+                  f"the copy's time; a cap: {per_booking_ms:.2f} ms per batch booked ("
+                  f"{per_booking_ms * 1e-3 * batches / args.ranges / copy_s:.1%} of each worker's time)")
         finally:
             close_clients()
             source.destroy()
