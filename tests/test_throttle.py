@@ -337,3 +337,27 @@ def test_the_sync_cap_paces_a_burst_of_changes(src_client, dst_client, spec_for)
         sync.stop()
         thread.join(30)
     assert_same_documents(src_client, dst_client, "shop.docs")
+
+
+def test_a_prefect_api_that_is_away_leaves_the_cap_as_it_is(source, dest, caplog):
+    """The watcher's thread tells once that it cannot read the Variable and goes on trying; the cap on
+    the destination, which the copy reads, is untouched."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from mongo_migrate.flows.throttle import VariableWatcher
+    from mongo_migrate.tasks.throttle import read_live
+
+    spec = make_spec(source, dest)
+    set_live(spec, Caps(docs_per_s=700), "test")
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_CLIENT_MAX_RETRIES: 0}):
+        watcher = VariableWatcher(spec)
+    try:
+        wait_for(lambda: "cannot be read" in caplog.text, 10, "the watcher to notice the API is away")
+        time.sleep(2.5)  # more reads, still away: told once
+        assert caplog.text.count("the Prefect Variable mongo-migrate-throttle cannot be read") == 1
+        assert read_live(spec) == Caps(docs_per_s=700)
+        assert limiter(spec).current(COPY) == Cap(700, None, "live")
+    finally:
+        started = time.monotonic()
+        watcher.stop()
+        assert time.monotonic() - started < 5
