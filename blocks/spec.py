@@ -9,6 +9,7 @@ import json
 import os
 import re
 import threading
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -257,6 +258,134 @@ class IncrementalOptions(BaseModel):
     )
 
 
+
+# -- the load cap (tasks/throttle.py applies it) ------------------------------------------------------
+_CLOCK = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
+
+
+def clock_minutes(value: str, key: str) -> int:
+    """Minutes after midnight from "HH:MM" ("24:00" too, as an end)."""
+    if value == "24:00" and key == "end":
+        return 24 * 60
+    match = _CLOCK.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError('not a time of day: give HH:MM from 00:00 to 23:59, e.g. "08:00"')
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+# a cap: positive, a number (a string that is not one is refused by pydantic, naming the key)
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class Caps(BaseModel):
+    """Caps of the source's load; an omitted one does not cap."""
+
+    model_config = ConfigDict(extra="forbid")
+    docs_per_s: Rate | None = Field(
+        None, title="Copy: documents per second",
+        description="The full copy reads at most this many documents per second, all workers together.")
+    mb_per_s: Rate | None = Field(
+        None, title="Copy: MB per second",
+        description="The full copy reads at most this many MB (10^6 bytes) per second, all workers together.")
+    sync_docs_per_s: Rate | None = Field(
+        None, title="Sync: documents per second",
+        description="The incremental sync writes at most this many documents per second.")
+    sync_mb_per_s: Rate | None = Field(
+        None, title="Sync: MB per second",
+        description="The incremental sync writes at most this many MB per second.")
+
+    def any(self) -> bool:
+        return any(getattr(self, k) is not None for k in Caps.model_fields)
+
+
+class ThrottleWindow(Caps):
+    """A daily time window in which its own caps replace the top-level ones."""
+
+    start: str = Field(title="Start", description="HH:MM, local time in timezone", examples=["08:00"])
+    end: str = Field(title="End", description="HH:MM (exclusive); before start: the window runs past "
+                     "midnight", examples=["20:00"])
+    timezone: str = Field("UTC", title="Time zone", description="IANA name, e.g. Europe/Paris",
+                          examples=["Europe/Paris"])
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, v: str, info) -> str:
+        clock_minutes(v, info.field_name)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}: give an IANA name such as Europe/Paris or UTC") from None
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> "ThrottleWindow":
+        if clock_minutes(self.start, "start") == clock_minutes(self.end, "end") % (24 * 60):
+            raise ValueError(f"start and end are both {self.start}: a window needs a length")
+        if not self.any():
+            raise ValueError("a window caps nothing: give docs_per_s, mb_per_s, sync_docs_per_s or "
+                             "sync_mb_per_s")
+        return self
+
+    def label(self) -> str:
+        return f"{self.start}-{self.end} {self.timezone}"
+
+    def contains(self, when: datetime) -> bool:
+        """Is the instant `when` (timezone-aware) inside the window, in the window's own time zone?"""
+        from zoneinfo import ZoneInfo
+
+        local = when.astimezone(ZoneInfo(self.timezone))
+        minute = local.hour * 60 + local.minute
+        start, end = clock_minutes(self.start, "start"), clock_minutes(self.end, "end")
+        if start < end:
+            return start <= minute < end
+        return minute >= start or minute < end  # past midnight
+
+
+def overlapping_windows(windows: list[ThrottleWindow]) -> tuple[int, int] | None:
+    """The first two windows that are ever open at the same minute, or None. Two daily windows
+    overlap when one opens inside the other; windows in different time zones move against each
+    other with daylight saving time, so their openings on days of January and of July are tried."""
+    from zoneinfo import ZoneInfo
+
+    for i, w in enumerate(windows):
+        minutes = clock_minutes(w.start, "start")
+        for day in (datetime(2026, 1, 14), datetime(2026, 1, 15), datetime(2026, 7, 14), datetime(2026, 7, 15)):
+            opens = (day + timedelta(minutes=minutes)).replace(tzinfo=ZoneInfo(w.timezone))
+            for j, other in enumerate(windows):
+                if j != i and other.contains(opens):
+                    return min(i, j), max(i, j)
+    return None
+
+
+def active_window(windows: list[ThrottleWindow], when: datetime) -> ThrottleWindow | None:
+    return next((w for w in windows if w.contains(when)), None)
+
+
+class ThrottleSpec(Caps):
+    """The load cap on the source; `mongo-migrate throttle` changes it while the migration runs."""
+
+    windows: list[ThrottleWindow] = Field(
+        default_factory=list, title="Time windows",
+        description="Daily windows with caps of their own (e.g. business hours); outside them the "
+        "top-level caps apply (none: full speed).")
+
+    @field_validator("windows")
+    @classmethod
+    def _apart(cls, v: list[ThrottleWindow]) -> list[ThrottleWindow]:
+        pair = overlapping_windows(v)
+        if pair is not None:
+            i, j = pair
+            raise ValueError(f"windows {i} ({v[i].label()}) and {j} ({v[j].label()}) overlap")
+        return v
+
+
 class SlackSettings(BaseModel):
     """Where Slack messages go: an incoming-webhook URL, or a saved SlackNotifier block."""
 
@@ -336,6 +465,11 @@ class MigrationSpec(BaseModel):
     notifications: Notifications = Field(
         default_factory=Notifications, title="Notifications",
         description="Slack messages about the migration.",
+    )
+    throttle: ThrottleSpec = Field(
+        default_factory=ThrottleSpec, title="Load cap",
+        description="Caps of the copy's reads and the sync's writes, with daily windows; "
+        "mongo-migrate throttle SPEC changes them while the migration runs.",
     )
 
     @field_validator("migration_types")

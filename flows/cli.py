@@ -1,4 +1,4 @@
-"""`mongo-migrate`: run, precheck, verify, approve, status and demo from a terminal.
+"""`mongo-migrate`: run, precheck, verify, approve, status, throttle and demo from a terminal.
 
 Exit codes: 0 success, 1 the migration failed, 2 bad input or a failed precheck, 3 verify found
 differences; an error's code comes from its type (blocks/errors.py).
@@ -80,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("spec", help="migration spec, YAML or JSON")
     st.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     st.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    t = sub.add_parser("throttle", help="show or change the load cap of this spec's migration, also while "
+                       "it runs (within 2 s, on every worker)")
+    t.add_argument("spec", help="migration spec, YAML or JSON")
+    for option, what in (("--docs-per-s", "the full copy's documents read per second"),
+                         ("--mb-per-s", "the full copy's MB (10^6 bytes) read per second"),
+                         ("--sync-docs-per-s", "the incremental sync's documents written per second"),
+                         ("--sync-mb-per-s", "the incremental sync's MB written per second")):
+        t.add_argument(option, metavar="N", help=f"cap {what}; the other caps stay as they are")
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--off", action="store_true", help="no cap at all, windows included, until changed")
+    how.add_argument("--reset", action="store_true", help="forget the live cap: the spec's caps and windows again")
+    t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     d = sub.add_parser("demo", help="migrate sample data between two local mongods")
     d.add_argument("--dir", default=".demo", help="where the demo keeps its mongods and Prefect data")
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -308,6 +320,43 @@ def _status(args) -> int:
     return EXIT_OK
 
 
+THROTTLE_OPTIONS = {"docs_per_s": "--docs-per-s", "mb_per_s": "--mb-per-s",
+                    "sync_docs_per_s": "--sync-docs-per-s", "sync_mb_per_s": "--sync-mb-per-s"}
+
+
+def _throttle(args) -> int:
+    """Writes the live cap on the destination (mongo_migrate_meta.throttle), where every process of
+    the run reads it once a second; without options, shows the cap that applies now."""
+    from pydantic import ValidationError
+
+    from mongo_migrate.blocks.spec import Caps
+
+    spec = _read_spec(args.spec)
+    if spec is None:
+        return EXIT_BAD_INPUT
+    given = {key: getattr(args, key) for key in THROTTLE_OPTIONS if getattr(args, key) is not None}
+    if given and (args.off or args.reset):
+        _error(f"{THROTTLE_OPTIONS[next(iter(given))]} goes without --off and --reset")
+        return EXIT_BAD_INPUT
+    try:
+        Caps.model_validate(given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _error(f"{THROTTLE_OPTIONS[err['loc'][0]]}: {err['msg'].lower()} (documents or MB per second)")
+        return EXIT_BAD_INPUT
+    _set_up_logging(args)
+    from mongo_migrate.flows.status import throttle_text
+    from mongo_migrate.tasks.throttle import change_live_cap
+
+    caps, code = _attempt(args, lambda: change_live_cap(spec, given, off=args.off, reset=args.reset,
+                                                        by="mongo-migrate throttle"),
+                          "cannot change the load cap on the destination")
+    if caps is None:
+        return code
+    print(throttle_text(caps))
+    return EXIT_OK
+
+
 def _attempt(args, action, failure: str):
     """(action's result, None), or (None, exit code) once its error is told in one line: a BadInput
     as it is (exit 2), anything else as "<failure>: ..." (exit 1; --debug raises it, traceback and all)."""
@@ -369,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _approve(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "throttle":
+            return _throttle(args)
         if args.command == "demo":
             from mongo_migrate.sandbox.demo import run_demo
 

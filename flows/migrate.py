@@ -14,6 +14,7 @@ from mongo_migrate.blocks.errors import PrecheckFailed, VerificationDiffers
 from mongo_migrate.blocks.spec import MigrationSpec, forget_loaded_blocks
 from mongo_migrate.flows.incremental import SyncReport, incremental_sync
 from mongo_migrate.flows.progress import PROGRESS_EVERY_S, CopyProgress
+from mongo_migrate.flows.throttle import VariableWatcher
 from mongo_migrate.flows.verify import VerificationReport, verify_plan
 from mongo_migrate.tasks.connect import check_connectivity_task
 from mongo_migrate.tasks.copy import CopyStats, copy_collection_range_task, split_collection_task
@@ -166,6 +167,16 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         raise PrecheckFailed(outcome.report)
     plan = outcome.plan
     run = start_run_task(spec, plan, str(flow_run.get_id() or ""))
+    # the load cap set from the Prefect UI, copied onto the destination while the run lasts
+    watcher = VariableWatcher(spec)
+    try:
+        return _migrate_after_start(spec, plan, run, outcome, phases)
+    finally:
+        watcher.stop()
+
+
+def _migrate_after_start(spec: MigrationSpec, plan: MigrationPlan, run, outcome: PrecheckOutcome,
+                         phases: "PhaseClock") -> MigrationSummary:
     if spec.incremental:
         # before the copy reads anything: every write from here on is in the change stream
         save_start_point_task(spec, run.resumed)

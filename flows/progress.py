@@ -33,6 +33,7 @@ from mongo_migrate.blocks.spec import MigrationSpec
 from mongo_migrate.tasks.notify import flow_run_url, notify_sync_alarm
 from mongo_migrate.tasks.sync.events import format_delay
 from mongo_migrate.tasks.sync.position import oplog_window_left_s
+from mongo_migrate.tasks.throttle import COPY, SYNC, limiter
 
 log = logging.getLogger("mongo_migrate.progress")
 
@@ -56,6 +57,15 @@ class CopySnapshot(BaseModel):
     seconds: float  # since the copy started
     docs_per_s: float
     eta_s: float | None
+    cap: str | None = None  # the load cap on the copy's reads now ("1,000 docs/s (spec)"), None: none
+    recent_docs_per_s: float | None = None  # since the previous update (the rate the cap is held to)
+
+    def cap_text(self) -> str:
+        """"; load cap 1,000 docs/s (spec), now 998 docs/s", or nothing without a cap."""
+        if self.cap is None:
+            return ""
+        return f"; load cap {self.cap}" + (
+            "" if self.recent_docs_per_s is None else f", now {self.recent_docs_per_s:,.0f} docs/s")
 
 
 # What this process's terminal display listens to (flows/terminal.py, added by the CLI): objects with
@@ -94,6 +104,7 @@ class CopyProgress:
             self.remaining[r.plan.source_ns] += 1
         self.copied: dict[str, int] = dict.fromkeys(self.plans, 0)
         self.started = time.monotonic()
+        self._previous: tuple[float, int] | None = None  # (when, documents) at the previous update
         self._destination = None
         total = sum(self.expected.values())
         start = 0.0 if ranges else 100.0  # nothing to copy is a finished copy
@@ -139,7 +150,7 @@ class CopyProgress:
         self._show(self.overall, self._percent(list(self.plans)),
                    f"Full copy: {len(self.plans)} collection{'' if len(self.plans) == 1 else 's'}, "
                    f"{sum(self.copied.values()):,} of about {sum(self.expected.values()):,} documents, "
-                   f"{snapshot.docs_per_s:,.0f} docs/s{eta}")
+                   f"{snapshot.docs_per_s:,.0f} docs/s{eta}{snapshot.cap_text()}")
         _tell_watchers("copy_progress", snapshot)
 
     def snapshot(self) -> CopySnapshot:
@@ -148,10 +159,17 @@ class CopyProgress:
         rate = copied / seconds
         finished = all(self.remaining[ns] <= 0 for ns in self.plans)
         eta = 0.0 if finished else (max(expected - copied, 0) / rate if rate > 0 else None)
+        now, recent = time.monotonic(), None
+        if self._previous is not None and now - self._previous[0] > 0.5:
+            recent = (copied - self._previous[1]) / (now - self._previous[0])
+        if self._previous is None or now - self._previous[0] > 0.5:
+            self._previous = (now, copied)
+        cap = limiter(self.spec).current(COPY)
         return CopySnapshot(
             collections=[CollectionProgress(source_ns=ns, copied=self.copied[ns], expected=self.expected[ns],
                                             finished=self.remaining[ns] <= 0) for ns in self.plans],
-            seconds=seconds, docs_per_s=rate, eta_s=eta)
+            seconds=seconds, docs_per_s=rate, eta_s=eta, cap=cap.describe() if cap else None,
+            recent_docs_per_s=recent)
 
     def _percent(self, names: list[str]) -> float:
         if all(self.remaining[ns] <= 0 for ns in names):
@@ -257,8 +275,10 @@ class SyncReporter:
         self._thread.start()
 
     def line(self) -> str:
+        cap = limiter(self.spec).current(SYNC)
         return (f"sync delay: {format_delay(self.sync.delay_s, self.threshold)}; "
-                f"{self.sync.events_applied:,} changes applied ({self.rate:,.0f}/s); "
+                f"{self.sync.events_applied:,} changes applied ({self.rate:,.0f}/s"
+                + (f", load cap {cap.describe()}" if cap else "") + "); "
                 f"oplog window left {format_duration(self.window_left_s)}; {self.phase}")
 
     def _measure_rate(self) -> None:

@@ -58,6 +58,7 @@ class TerminalProgress:
         self._live = None  # rich.live.Live for the sync's line
         self._last_plain = 0.0
         self._copy_done = False
+        self._cap_shown: str | None = None
 
     # -- the full copy --------------------------------------------------------------------------------
     def copy_progress(self, snap: CopySnapshot) -> None:
@@ -83,7 +84,8 @@ class TerminalProgress:
         left = ", done" if done == len(snap.collections) else (
             "" if snap.eta_s is None else f", about {format_duration(snap.eta_s)} left")
         return (f"full copy: {percent:.0f}% ({copied:,} of about {expected:,} documents; {done} of "
-                f"{len(snap.collections)} collections done), {snap.docs_per_s:,.0f} docs/s{left}")
+                f"{len(snap.collections)} collections done), {snap.docs_per_s:,.0f} docs/s{left}"
+                f"{snap.cap_text()}")
 
     def _draw_bars(self, snap: CopySnapshot) -> None:
         from rich.console import Console
@@ -119,6 +121,9 @@ class TerminalProgress:
                                                             rate=rate, left=left)
         for name, copied, expected, rate, left in figures:
             self._progress.update(self._tasks[name], completed=copied, total=expected, rate=rate, left=left)
+        if snap.cap != self._cap_shown:  # printed above the bars as the cap changes
+            self._cap_shown = snap.cap
+            self._progress.console.print(f"load cap on the copy: {snap.cap or 'none'}")
         self._progress.refresh()
 
     def _stop_bars(self) -> None:

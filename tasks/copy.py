@@ -37,6 +37,7 @@ from mongo_migrate.tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_
 from mongo_migrate.tasks.digest import StreamHash
 from mongo_migrate.tasks.namespaces import CollectionPlan
 from mongo_migrate.tasks.state import COPY_RANGES, COPY_UNITS, SKIPPED_DOCUMENTS, state_collection
+from mongo_migrate.tasks.throttle import COPY, limiter
 
 log = logging.getLogger("mongo_migrate.copy")
 T = TypeVar("T")
@@ -406,11 +407,15 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
         # the previous one's insert is in flight
         batches = read_hash.passing(batches)
     last_checkpoint = time.monotonic()
+    # the run's load cap on the source (tasks/throttle.py): each batch read books its slot; the
+    # prefetch reads at most two batches ahead of the slots
+    pace = limiter(spec)
     for stream in _prefetch(batches):
         if not stream:
             continue
         # count what was inserted: after a resume, documents already there are not counted twice
         in_stream, inserted = insert_raw_stream(target, stream, plan.target_ns, skip_refused)
+        pace.take(COPY, in_stream, len(stream))
         stats.docs += inserted
         stats.bytes += len(stream)
         read_docs += in_stream

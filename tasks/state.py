@@ -7,6 +7,9 @@ collection of it is named and opened here, and its layout has a version, kept be
 - `skipped_documents`: documents the destination refused under `on_document_error: skip`;
 - `sync_state`: one document per spec digest: the sync's start point and saved position, its status,
   the unique indexes waiting for cutover, parked unique-key conflicts;
+- `throttle`: per spec digest, the live cap set by `mongo-migrate throttle` or the Prefect Variable
+  (`{_id: digest}`), and the shared pace of each direction (`{_id: "<digest>:copy"}`, `":sync"`), which
+  every process of the run advances (tasks/throttle.py);
 - `schema`: `{_id: "layout", version: STATE_VERSION}`.
 
 A rerun of an unfinished spec continues from them; a fresh run of the spec clears them first. State
@@ -34,6 +37,7 @@ COPY_RANGES = "copy_ranges"
 COPY_UNITS = "copy_units"
 SKIPPED_DOCUMENTS = "skipped_documents"
 SYNC_STATE = "sync_state"
+THROTTLE = "throttle"
 SCHEMA = "schema"
 
 # The layout of the collections above. 0 is the state of mongo-migrate before the layout had a version

@@ -36,6 +36,7 @@ from mongo_migrate.tasks.sync.events import (Action, Batch, DocWrite, Target, ch
                                              plan_change, token_time, transaction_of, wall_seconds)
 from mongo_migrate.tasks.sync.position import ts_text
 from mongo_migrate.tasks.sync.sources import OplogDDL, stream_has_ddl
+from mongo_migrate.tasks.throttle import SYNC, limiter
 
 log = logging.getLogger("mongo_migrate.changes")
 
@@ -124,6 +125,7 @@ class ChangeSync:
         self._oplog_ddl: OplogDDL | None = None  # before 6.0 (tasks/sync/sources.py)
         self._capped_targets: dict[Target, bool] = {}
         self.conflicts = UniqueConflicts(spec, self.log)
+        self._pace = limiter(spec)
         self.ddl = DestinationDDL(spec, self.mapper, self.log, self.conflicts)
 
     @property
@@ -421,6 +423,9 @@ class ChangeSync:
         return self._capped_targets[target]
 
     def _apply_writes(self, writes: list[DocWrite]) -> None:
+        # the run's cap on the sync's writes (tasks/throttle.py), booked before they go out
+        if self._pace.current(SYNC) is not None:
+            self._pace.take(SYNC, len(writes), sum(len(w.doc.raw) for w in writes if w.doc is not None))
         # a capped collection keeps the last documents in the order they were written: its writes go
         # in stream order, in one ordered bulk, or the destination would keep another set than the
         # source (bulk_write(ordered=False) and the partitions reorder)
