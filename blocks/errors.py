@@ -56,6 +56,11 @@ class NoRunError(BadInput, LookupError):
     """The destination holds no run of this spec."""
 
 
+class RunnerUnavailable(BadInput):
+    """copy_options.runner cannot start where the flow runs (prefect-dask missing, no Prefect API the
+    Dask workers can report to, a Dask scheduler that cannot be reached); the message says what to do."""
+
+
 class DeployError(BadInput):
     """A deployment setting is wrong; the message says which, in one line."""
 

@@ -1,0 +1,179 @@
+"""copy_options.runner on Dask (prefect-dask's DaskTaskRunner): a migration whose copy and verification
+run on a LocalCluster of 2 worker processes, reporting to a real `prefect server start`; a worker
+process SIGKILLed mid-copy; an unreachable scheduler in the precheck; bad runner values."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from bson.raw_bson import RawBSONDocument
+
+from mongo_migrate.sandbox.mongod import free_port
+from mongo_migrate.sandbox.sample_data import encoded_documents
+from tests.conftest import ROOT, raw_documents
+from tests.prefect_server import PrefectServer
+
+LOCAL_2 = {"dask_local_workers": 2}
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server: Dask workers report their task runs to it (PREFECT_API_URL)."""
+    server = PrefectServer(tmp_path_factory.mktemp("dask-prefect") / "home").start()
+    yield server
+    server.stop()
+
+
+def seed(client, ns: str, n: int, doc_bytes: int = 512, start: int = 0) -> None:
+    db, _, coll = ns.partition(".")
+    docs = [RawBSONDocument(raw) for raw in encoded_documents(n, start, doc_bytes)]
+    for i in range(0, n, 5000):
+        client[db][coll].insert_many(docs[i:i + 5000], ordered=False)
+
+
+def write_spec(tmp_path, source, dest, **copy_options) -> str:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({
+        "source": {"uri": source.admin_uri()}, "destination": {"uri": dest.admin_uri()},
+        "objects": [{"database": "shop"}], "copy_options": copy_options,
+    }))
+    return str(path)
+
+
+def cli(*args: str, api: str | None, log: Path) -> subprocess.Popen:
+    """`mongo-migrate --verbose ARGS` against `api` (none: the command's temporary server), its stderr
+    (Prefect's and Dask's log lines) into `log`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    if api:
+        env["PREFECT_API_URL"] = api
+    proc = subprocess.Popen([sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", *args],
+                            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env=env, cwd=ROOT)
+    proc.log = log
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 150) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr); the command and its Dask workers are killed if it outlasts `timeout`."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"timed out; its log:\n{proc.log.read_text()[-4000:]}") from None
+    return proc.returncode, out, proc.log.read_text()
+
+
+def assert_equal_copy(src_client, dst_client, colls: list[str]) -> None:
+    for coll in colls:
+        a, b = raw_documents(src_client, "shop", coll), raw_documents(dst_client, "shop", coll)
+        assert len(b) == len(a), f"{coll}: {len(a)} source documents, {len(b)} on the destination"
+        assert b == a, f"{coll}: documents differ in their bytes"
+
+
+def dask_workers(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The LocalCluster's worker processes: the command's children that multiprocessing spawned."""
+    found = []
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_migration_on_a_local_cluster_of_two_workers(source, dest, src_client, dst_client, prefect_server,
+                                                    tmp_path):
+    seed(src_client, "shop.big", 6000)            # range_docs 1000: six ranges
+    seed(src_client, "shop.small", 300, start=10_000)
+    src_client.shop.small.create_index("k")
+    spec = write_spec(tmp_path, source, dest, range_docs=1000, parallel_workers=2, runner=LOCAL_2)
+    code, out, err = finish(cli("run", spec, "--json", api=prefect_server.api, log=tmp_path / "cli.log"))
+    assert code == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["status"] == "completed" and summary["counts_match"] and summary["docs"] == 6300
+    assert_equal_copy(src_client, dst_client, ["big", "small"])
+    assert "Creating a new Dask cluster with `distributed.deploy.local.LocalCluster`" in err
+    units = list(dst_client.mongo_migrate_meta.copy_units.find({}, {"_id": 1, "done": 1}))
+    assert sum(u["_id"].split(":", 1)[1].startswith("shop.big#") for u in units) == 6
+    assert all(u.get("done") for u in units)
+    # the range tasks ran in the worker processes and reported there to the Prefect server
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(prefect_server.api) as client:
+        runs = client.read_task_runs()
+        copies = [r for r in runs if r.name.startswith("copy_collection_range")]
+        assert len(copies) == 7 and all(r.state.is_completed() for r in copies)
+        progress = [a for a in client.read_artifacts() if a.key == "full-copy-progress"]
+        assert progress and all(a.data == 100 for a in progress)
+
+
+def test_worker_killed_mid_copy_the_range_runs_again_elsewhere(source, dest, src_client, dst_client,
+                                                               prefect_server, tmp_path):
+    seed(src_client, "shop.big", 80_000, doc_bytes=1024)   # sixteen ranges of 5,000
+    spec = write_spec(tmp_path, source, dest, range_docs=5000, batch_docs=500, parallel_workers=2,
+                      runner=LOCAL_2)
+    proc = cli("run", spec, "--json", api=prefect_server.api, log=tmp_path / "cli.log")
+    killed = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        # mid-copy: both workers busy with a range each, most of the data still to come
+        copied = dst_client.shop.big.estimated_document_count()
+        workers = dask_workers(proc)
+        if 10_000 < copied < 60_000 and len(workers) == 2:
+            killed = workers[0]
+            killed.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert killed is not None, "the copy was never caught mid-way"
+    code, out, err = finish(proc)
+    # Dask's nanny starts a new worker process and the scheduler runs the lost range again; the range
+    # resumes from its checkpoint, and documents already there are not inserted twice
+    assert code == 0, err[-3000:]
+    assert f"Worker process {killed.pid} was killed by signal 9" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["counts_match"]
+    assert_equal_copy(src_client, dst_client, ["big"])
+    assert dst_client.shop.big.count_documents({}) == 80_000
+
+
+def test_unreachable_scheduler_fails_the_precheck(source, dest, prefect_server, tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    spec = write_spec(tmp_path, source, dest, runner={"dask_address": address})
+    code, out, err = finish(cli("precheck", spec, api=prefect_server.api, log=tmp_path / "cli.log"))
+    assert code == 2, err[-2000:]
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("FAIL  Dask cluster"))
+    assert lines[row].split("Dask cluster", 1)[1].strip() == (
+        f"the Dask scheduler at {address} cannot be reached (no answer within 10 s)")
+    assert lines[row + 1].split("-> ", 1)[1] == (
+        f"start the Dask scheduler and its workers (dask scheduler; dask worker {address}), or fix "
+        "copy_options.runner.dask_address; check that this machine reaches that host and port")
+
+
+@pytest.mark.parametrize("runner, message", [
+    ("dask", 'copy_options.runner: give "threads", {dask_local_workers: N} or {dask_address: "tcp://host:8786"}'),
+    ({"dask_local_workers": 0}, "copy_options.runner.dask_local_workers: Input should be greater than or equal to 1"),
+    ({"dask_local_workers": 2, "threads": 4}, "copy_options.runner.threads: unknown key"),
+    ({"dask_address": "http://scheduler:8786"}, "copy_options.runner.dask_address: 'http://scheduler:8786' is not "
+     "a Dask scheduler address: give tcp://host:port (e.g. tcp://dask-scheduler:8786)"),
+])
+def test_bad_runner_values_are_refused_in_one_line(tmp_path, runner, message):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"source": {"uri": "mongodb://127.0.0.1:1"},
+                                "destination": {"uri": "mongodb://127.0.0.1:2"},
+                                "copy_options": {"runner": runner}}))
+    proc = subprocess.run([sys.executable, "-m", "mongo_migrate.flows.cli", "precheck", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"})  # none is started
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"mongo-migrate: error: spec.json: {message}"]
