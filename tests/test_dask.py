@@ -146,6 +146,54 @@ def test_worker_killed_mid_copy_the_range_runs_again_elsewhere(source, dest, src
     assert dst_client.shop.big.count_documents({}) == 80_000
 
 
+def test_an_existing_cluster_by_its_address_with_the_commands_temporary_prefect_server(
+        source, dest, src_client, dst_client, prefect_server, tmp_path):
+    """A cluster started beforehand (a LocalCluster of this test process, reached by address only):
+    the precheck asks each worker to reach both deployments; the run, without PREFECT_API_URL, uses the
+    command's temporary Prefect server, whose address the task runs carry to the workers."""
+    from distributed import LocalCluster
+
+    seed(src_client, "shop.big", 3000)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster:
+        address = cluster.scheduler_address
+        spec = write_spec(tmp_path, source, dest, range_docs=1000, runner={"dask_address": address})
+        code, out, err = finish(cli("precheck", spec, api=prefect_server.api, log=tmp_path / "precheck.log"))
+        assert code == 0, out + err[-2000:]
+        row = next(line for line in out.splitlines() if " Dask cluster " in line)
+        assert row.startswith("ok ") and row.split("Dask cluster", 1)[1].strip() == (
+            f"the Dask cluster at {address}: 1 workers, 2 threads, each reaching both deployments")
+        code, out, err = finish(cli("run", spec, "--json", api=None, log=tmp_path / "run.log"))
+        assert code == 0, err[-3000:]
+        assert f"Connecting to an existing Dask cluster at {address}" in err
+    assert json.loads(out.strip().splitlines()[-1])["counts_match"]
+    assert_equal_copy(src_client, dst_client, ["big"])
+
+
+def test_dask_needs_a_prefect_api_the_workers_reach(spec_for):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from mongo_migrate.tasks.precheck.connectivity import dask_runner_problem
+
+    local = spec_for(copy_options={"runner": LOCAL_2})
+    remote = spec_for(copy_options={"runner": {"dask_address": "tcp://dask-scheduler:8786"}})
+    assert dask_runner_problem(spec_for()) is None
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # Prefect's in-process ephemeral API
+        assert dask_runner_problem(local) == (
+            "copy_options.runner asks for Dask, whose workers report their task runs to the Prefect API, and "
+            "no Prefect server is configured (PREFECT_API_URL)",
+            "set PREFECT_API_URL to a Prefect server (prefect server start, make serve), or start the migration "
+            "with the mongo-migrate command, which starts one for the run")
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        assert dask_runner_problem(local) is None
+        assert dask_runner_problem(remote) == (
+            "the Prefect API http://127.0.0.1:4200/api is a loopback address, which the workers of the Dask "
+            "cluster at tcp://dask-scheduler:8786 cannot reach (mongo-migrate's temporary server is one)",
+            "run a Prefect server the workers can reach and set PREFECT_API_URL to its address as they see it "
+            "(http://prefect-host:4200/api)")
+    with temporary_settings(updates={PREFECT_API_URL: "http://prefect.internal:4200/api"}):
+        assert dask_runner_problem(remote) is None
+
+
 def test_unreachable_scheduler_fails_the_precheck(source, dest, prefect_server, tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
     spec = write_spec(tmp_path, source, dest, runner={"dask_address": address})
