@@ -225,6 +225,12 @@ RunnerChoice = Annotated[
 ]
 
 
+def _choice_of_forms(schema: dict) -> None:
+    """The Prefect run form offers a choice between anyOf options; a tagged union's schema is oneOf."""
+    if "oneOf" in schema:
+        schema["anyOf"] = schema.pop("oneOf")
+
+
 class CopyOptions(BaseModel):
     """Tuning of the full copy; the defaults suit most deployments."""
 
@@ -257,6 +263,7 @@ class CopyOptions(BaseModel):
         'across them). {"dask_address": "tcp://host:8786"}: an existing Dask cluster (as many ranges at '
         f'once as its workers have threads). Dask needs prefect-dask ({DASK_INSTALL}) and a Prefect '
         "server (PREFECT_API_URL) the workers reach. Verification runs where the copy does.",
+        json_schema_extra=_choice_of_forms,
     )
 
 
