@@ -96,31 +96,44 @@ def test_migration_on_a_local_cluster_of_two_workers(source, dest, src_client, d
     seed(src_client, "shop.big", 6000)            # range_docs 1000: six ranges
     seed(src_client, "shop.small", 300, start=10_000)
     src_client.shop.small.create_index("k")
-    spec = write_spec(tmp_path, source, dest, range_docs=1000, parallel_workers=2, runner=LOCAL_2)
+    users = [{"_id": i, "email": f"u{i}@example.com"} for i in range(200)]
+    users[150]["email"] = users[20]["email"]  # the source allows it; the destination's own index will not
+    src_client.shop.users.insert_many(users)
+    dst_client.shop.users.create_index("email", unique=True, name="email_unique")
+    spec = write_spec(tmp_path, source, dest, range_docs=1000, parallel_workers=2, runner=LOCAL_2,
+                      on_document_error="skip")
     code, out, err = finish(cli("run", spec, "--json", api=prefect_server.api, log=tmp_path / "cli.log"))
     assert code == 0, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["status"] == "completed" and summary["counts_match"] and summary["docs"] == 6300
+    assert summary["status"] == "completed" and summary["counts_match"] and summary["docs"] == 6499
     assert_equal_copy(src_client, dst_client, ["big", "small"])
     assert "Creating a new Dask cluster with `distributed.deploy.local.LocalCluster`" in err
+    # the one cluster served the copy and the verification
+    assert err.count("Creating a new Dask cluster") == 1
     units = list(dst_client.mongo_migrate_meta.copy_units.find({}, {"_id": 1, "done": 1}))
     assert sum(u["_id"].split(":", 1)[1].startswith("shop.big#") for u in units) == 6
     assert all(u.get("done") for u in units)
+    # the document the destination refused, skipped on a worker and recorded as on threads
+    assert [c["skipped"] for c in summary["collections"] if c["source_ns"] == "shop.users"] == [1]
+    record = dst_client.mongo_migrate_meta.skipped_documents.find_one()
+    assert (record["target_ns"], record["doc_id"], record["code"]) == ("shop.users", 150, 11000)
+    src_client.shop.users.delete_one({"_id": 150})
+    assert_equal_copy(src_client, dst_client, ["users"])
     # the range tasks ran in the worker processes and reported there to the Prefect server
     from prefect.client.orchestration import SyncPrefectClient
 
     with SyncPrefectClient(prefect_server.api) as client:
         runs = client.read_task_runs()
         copies = [r for r in runs if r.name.startswith("copy_collection_range")]
-        assert len(copies) == 7 and all(r.state.is_completed() for r in copies)
+        assert len(copies) == 8 and all(r.state.is_completed() for r in copies)
         progress = [a for a in client.read_artifacts() if a.key == "full-copy-progress"]
         assert progress and all(a.data == 100 for a in progress)
 
 
 def test_worker_killed_mid_copy_the_range_runs_again_elsewhere(source, dest, src_client, dst_client,
                                                                prefect_server, tmp_path):
-    seed(src_client, "shop.big", 80_000, doc_bytes=1024)   # sixteen ranges of 5,000
-    spec = write_spec(tmp_path, source, dest, range_docs=5000, batch_docs=500, parallel_workers=2,
+    seed(src_client, "shop.big", 40_000, doc_bytes=1024)   # sixteen ranges of 2,500
+    spec = write_spec(tmp_path, source, dest, range_docs=2500, batch_docs=250, parallel_workers=2,
                       runner=LOCAL_2)
     proc = cli("run", spec, "--json", api=prefect_server.api, log=tmp_path / "cli.log")
     killed = None
@@ -129,7 +142,7 @@ def test_worker_killed_mid_copy_the_range_runs_again_elsewhere(source, dest, src
         # mid-copy: both workers busy with a range each, most of the data still to come
         copied = dst_client.shop.big.estimated_document_count()
         workers = dask_workers(proc)
-        if 10_000 < copied < 60_000 and len(workers) == 2:
+        if 5_000 < copied < 30_000 and len(workers) == 2:
             killed = workers[0]
             killed.send_signal(signal.SIGKILL)
             break
@@ -143,7 +156,7 @@ def test_worker_killed_mid_copy_the_range_runs_again_elsewhere(source, dest, src
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["counts_match"]
     assert_equal_copy(src_client, dst_client, ["big"])
-    assert dst_client.shop.big.count_documents({}) == 80_000
+    assert dst_client.shop.big.count_documents({}) == 40_000
 
 
 def test_an_existing_cluster_by_its_address_with_the_commands_temporary_prefect_server(
@@ -167,6 +180,19 @@ def test_an_existing_cluster_by_its_address_with_the_commands_temporary_prefect_
         assert f"Connecting to an existing Dask cluster at {address}" in err
     assert json.loads(out.strip().splitlines()[-1])["counts_match"]
     assert_equal_copy(src_client, dst_client, ["big"])
+
+
+def test_a_refused_document_raised_on_a_worker_reaches_the_flow_whole():
+    """A range task's own error is pickled back from the Dask worker (cloudpickle, as distributed does)."""
+    import pickle
+
+    import cloudpickle
+
+    from mongo_migrate.blocks.errors import DocumentWriteError
+
+    back = pickle.loads(cloudpickle.dumps(DocumentWriteError("app.users", 150, 11000, "E11000 duplicate key")))
+    assert (type(back), back.target_ns, back.doc_id, back.code) == (DocumentWriteError, "app.users", 150, 11000)
+    assert str(back) == "app.users: document _id=150 was refused (code 11000): E11000 duplicate key"
 
 
 def test_dask_needs_a_prefect_api_the_workers_reach(spec_for):
