@@ -220,7 +220,8 @@ def test_dask_needs_a_prefect_api_the_workers_reach(spec_for):
         assert dask_runner_problem(remote) is None
 
 
-def test_unreachable_scheduler_fails_the_precheck(source, dest, prefect_server, tmp_path):
+def test_unreachable_scheduler_fails_the_precheck(source, dest, src_client, prefect_server, tmp_path):
+    src_client.shop.orders.insert_one({"_id": 1})
     address = f"tcp://127.0.0.1:{free_port()}"
     spec = write_spec(tmp_path, source, dest, runner={"dask_address": address})
     code, out, err = finish(cli("precheck", spec, api=prefect_server.api, log=tmp_path / "cli.log"))
@@ -229,9 +230,15 @@ def test_unreachable_scheduler_fails_the_precheck(source, dest, prefect_server, 
     row = next(i for i, line in enumerate(lines) if line.startswith("FAIL  Dask cluster"))
     assert lines[row].split("Dask cluster", 1)[1].strip() == (
         f"the Dask scheduler at {address} cannot be reached (no answer within 10 s)")
-    assert lines[row + 1].split("-> ", 1)[1] == (
-        f"start the Dask scheduler and its workers (dask scheduler; dask worker {address}), or fix "
-        "copy_options.runner.dask_address; check that this machine reaches that host and port")
+    remedy = (f"start the Dask scheduler and its workers (dask scheduler; dask worker {address}), or fix "
+              "copy_options.runner.dask_address; check that this machine reaches that host and port")
+    assert lines[row + 1].split("-> ", 1)[1] == remedy
+    # `verify` runs no precheck: the runner says it in one line as it starts
+    code, out, err = finish(cli("verify", spec, api=prefect_server.api, log=tmp_path / "verify.log"))
+    assert code == 2, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("mongo-migrate: error:")]
+    assert errors == [f"mongo-migrate: error: cannot verify: copy_options.runner: the Dask scheduler at {address} "
+                      f"cannot be reached (Timed out trying to connect to {address} after 10 s); {remedy}"], err[-2000:]
 
 
 @pytest.mark.parametrize("runner, message", [
