@@ -18,6 +18,11 @@ whole command's throughput over the ceiling's (target >= 0.6, peak RSS < 400 MB)
 --skew measures a second layout after the even one, in the same run: the same number of documents
 with 90% of them in one collection (its ranges, range_docs each, spread over the workers), and prints
 its docs/s over the even layout's (target: within 10%).
+
+--runner dask measures the migration a second time in each round, beside the thread pool, with
+copy_options.runner {dask_local_workers: --workers} (a LocalCluster of that many worker processes, one
+range at a time each; the thread pool and the ceiling use --workers threads), and prints its docs/s over
+the thread pool's and the ceiling's.
 """
 from __future__ import annotations
 
@@ -108,6 +113,8 @@ def main() -> None:
     ap.add_argument("--prefect", choices=["temporary", "server", "both"], default="both")
     ap.add_argument("--range-docs", type=int, default=None,
                     help="copy_options.range_docs of the migration (default: the spec's default)")
+    ap.add_argument("--runner", choices=["threads", "dask"], default="threads",
+                    help="dask: also the migration on a Dask LocalCluster of --workers processes, beside the threads")
     ap.add_argument("--skew", action="store_true",
                     help="also 90%% of the documents in one collection (the same total), beside the even run")
     args = data_set(ap.parse_args())
@@ -119,13 +126,16 @@ def main() -> None:
             Mongod(Path(tmp) / "src", replset="bsrc") as src, \
             Mongod(Path(tmp) / "dst", replset="bdst") as dst:
         sc, dc = src.client(), dst.client()
-        spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps({
-            "source": {"uri": src.uri()}, "destination": {"uri": dst.uri()},
-            "objects": [{"database": "bench"}], "copy_options": {
-                "parallel_workers": args.workers,
-                **({"range_docs": args.range_docs} if args.range_docs else {})},
-        }))
+        spec_paths = {}
+        for runner in ["threads", "dask"] if args.runner == "dask" else ["threads"]:
+            spec_paths[runner] = Path(tmp) / f"spec-{runner}.json"
+            spec_paths[runner].write_text(json.dumps({
+                "source": {"uri": src.uri()}, "destination": {"uri": dst.uri()},
+                "objects": [{"database": "bench"}], "copy_options": {
+                    "parallel_workers": args.workers,
+                    **({"range_docs": args.range_docs} if args.range_docs else {}),
+                    **({"runner": {"dask_local_workers": args.workers}} if runner == "dask" else {})},
+            }))
         server = None
         if "server" in modes:
             server = prefect_server(Path(tmp) / "prefect-server")
@@ -148,7 +158,8 @@ def main() -> None:
                 data_mb = sc.bench.command("dbStats")["dataSize"] / 1e6
                 print(f"== {name}: {total_docs:,} documents ({data_mb:,.0f} MB) in collections of "
                       f"{', '.join(f'{n:,}' for n in sizes)}, seeded in {time.perf_counter() - t:.1f}s")
-                results[name] = measure(args, src, dst, dc, spec_path, modes, base_env, server, total_docs, data_mb)
+                results[name] = measure(args, src, dst, dc, spec_paths, modes, base_env, server, total_docs,
+                                        data_mb)
         finally:
             if server:
                 server[0].terminate()
@@ -158,26 +169,35 @@ def main() -> None:
         for key in ("copy + indexes", *[f"whole command, {m}" for m in modes]):
             even, skew = results["even"][key], results["skew"][key]
             print(f"{key:<36} docs/s {skew:,.0f} / {even:,.0f} = {skew / even:.2f}")
+    if args.runner == "dask":
+        print("\n== Dask LocalCluster of --workers processes / thread pool of --workers threads, this run ==")
+        for name, rates in results.items():
+            for key in ("copy + indexes", *[f"whole command, {m}" for m in modes]):
+                dask, threads = rates[f"{key}, dask"], rates[key]
+                print(f"{name}: {key:<30} docs/s {dask:,.0f} / {threads:,.0f} = {dask / threads:.2f}; "
+                      f"of the ceiling {dask / rates['ceiling']:.2f} / {threads / rates['ceiling']:.2f}")
 
 
-def measure(args, src, dst, dc, spec_path: Path, modes: list[str], base_env: dict, server, total_docs: int,
-            data_mb: float) -> dict[str, float]:
-    """--rounds rounds of the ceiling and the migration (each mode) on the seeded source; prints the
-    medians and returns docs/s by measure."""
-    rows: dict[str, list] = {"ceiling": []} | {m: [] for m in modes}
+def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], base_env: dict, server,
+            total_docs: int, data_mb: float) -> dict[str, float]:
+    """--rounds rounds of the ceiling and the migration (each mode, on each runner) on the seeded source;
+    prints the medians and returns docs/s by measure."""
+    # a measure's name: the Prefect mode, and ", dask" for the Dask runner
+    runs = {(m if r == "threads" else f"{m}, {r}"): (m, path) for m in modes for r, path in spec_paths.items()}
+    rows: dict[str, list] = {"ceiling": []} | {name: [] for name in runs}
     for r in range(args.rounds):
         insert_s, index_s = ceiling(src, dst, args.colls, args.workers)
         rows["ceiling"].append((insert_s + index_s, insert_s, index_s))
         print(f"round {r + 1}: ceiling {insert_s + index_s:.1f}s (insert {insert_s:.1f} + index {index_s:.1f})")
-        for mode in modes:
+        for label, (mode, spec_path) in runs.items():
             env = dict(base_env)
             if mode == "server":
                 env["PREFECT_API_URL"] = server[1]
             summary, wall, peak, _ = run_cli_json(["run", str(spec_path)], env)
             assert summary["counts_match"] and summary["docs"] == total_docs, summary
-            rows[mode].append((wall, summary, peak))
+            rows[label].append((wall, summary, peak))
             steps = ", ".join(f"{k} {v:.1f}" for k, v in summary["phases"].items())
-            print(f"round {r + 1}: {mode:<9} whole {wall:.1f}s; steps {steps}; outside the flow "
+            print(f"round {r + 1}: {label:<9} whole {wall:.1f}s; steps {steps}; outside the flow "
                   f"{wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB")
             dc.drop_database("bench")
             dc.drop_database("mongo_migrate_meta")
@@ -187,18 +207,20 @@ def measure(args, src, dst, dc, spec_path: Path, modes: list[str], base_env: dic
     print(f"{'':<36}{'seconds':>9}{'docs/s':>11}{'of ceiling':>12}{'peak RSS MB':>13}")
     print(f"{'ceiling (insert + index)':<36}{ceil_s:>9.1f}{total_docs / ceil_s:>11,.0f}{1.0:>12.2f}{'-':>13}")
     rates = {"ceiling": total_docs / ceil_s}
-    for mode in modes:
+    for mode in runs:
         copy_s = statistics.median(s["copy_seconds"] + s["index_seconds"] for _, s, _ in rows[mode])
         wall = statistics.median(w for w, _, _ in rows[mode])
         peak = max(p for _, _, p in rows[mode])
         steps = {k: statistics.median(s["phases"][k] for _, s, _ in rows[mode]) for k in rows[mode][0][1]["phases"]}
-        print(f"{'migration copy + indexes':<36}{copy_s:>9.1f}{total_docs / copy_s:>11,.0f}"
+        print(f"{'migration copy + indexes' + mode.partition(',')[1] + mode.partition(',')[2]:<36}{copy_s:>9.1f}"
+              f"{total_docs / copy_s:>11,.0f}"
               f"{ceil_s / copy_s:>12.2f}{'':>13}")
         print(f"{'migration whole command, ' + mode:<36}{wall:>9.1f}{total_docs / wall:>11,.0f}"
               f"{ceil_s / wall:>12.2f}{peak:>13.0f}")
         print("    steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
               + f"; outside the flow {wall - statistics.median(s['seconds'] for _, s, _ in rows[mode]):.1f}s")
-        rates["copy + indexes"] = total_docs / copy_s
+        dask = ", dask" if mode.endswith(", dask") else ""
+        rates["copy + indexes" + dask] = total_docs / copy_s
         rates[f"whole command, {mode}"] = total_docs / wall
     print("targets: whole command >= 0.60 of the ceiling; peak RSS < 400 MB", flush=True)
     return rates

@@ -56,6 +56,11 @@ class NoRunError(BadInput, LookupError):
     """The destination holds no run of this spec."""
 
 
+class RunnerUnavailable(BadInput):
+    """copy_options.runner cannot start where the flow runs (prefect-dask missing, no Prefect API the
+    Dask workers can report to, a Dask scheduler that cannot be reached); the message says what to do."""
+
+
 class DeployError(BadInput):
     """A deployment setting is wrong; the message says which, in one line."""
 
@@ -65,8 +70,12 @@ class DocumentWriteError(MigrationFailed):
     """A document the destination refused for another reason than being there already."""
 
     def __init__(self, target_ns: str, doc_id: object, code: int, message: str) -> None:
-        self.target_ns, self.doc_id, self.code = target_ns, doc_id, code
+        self.target_ns, self.doc_id, self.code, self.message = target_ns, doc_id, code, message
         super().__init__(f"{target_ns}: document _id={doc_id!r} was refused (code {code}): {message}")
+
+    def __reduce__(self):
+        # raised in a range task on a Dask worker, it is pickled back to the flow's process
+        return type(self), (self.target_ns, self.doc_id, self.code, self.message)
 
 
 class ChangeApplyError(MigrationFailed):

@@ -11,10 +11,10 @@ import re
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SecretStr, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from mongo_migrate.blocks.errors import SpecError
 from mongo_migrate.blocks.mongo import MongoConnection, MongoEndpoint
@@ -156,6 +156,82 @@ class ObjectSelection(BaseModel):
         return v
 
 
+# what a Dask runner needs besides the project: the extra that installs prefect-dask (and distributed)
+DASK_INSTALL = "pip install 'mongo-migrate[dask]'"
+
+
+class DaskLocalRunner(BaseModel):
+    """A Dask LocalCluster of N worker processes on the machine the flow runs on, for this run only."""
+
+    model_config = ConfigDict(extra="forbid", title="Dask LocalCluster")
+    dask_local_workers: int = Field(
+        ge=1, le=64, title="Dask worker processes",
+        description="Worker processes of a LocalCluster started for the run (needs prefect-dask: "
+        f"{DASK_INSTALL}).",
+    )
+
+
+class DaskAddressRunner(BaseModel):
+    """An existing Dask cluster, by its scheduler's address."""
+
+    model_config = ConfigDict(extra="forbid", title="Existing Dask cluster")
+    dask_address: str = Field(
+        title="Dask scheduler address",
+        description="tcp://host:8786 of a running Dask scheduler; its workers need the project installed "
+        f"({DASK_INSTALL}) and must reach both deployments and the Prefect API.",
+        examples=["tcp://dask-scheduler:8786"],
+    )
+
+    @field_validator("dask_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        v = v.strip()
+        if "://" not in v:
+            v = "tcp://" + v  # Dask's own default protocol
+        parts = urlsplit(v)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None or parts.path:
+            raise ValueError(f"{v!r} is not a Dask scheduler address: give tcp://host:port (e.g. "
+                             "tcp://dask-scheduler:8786)")
+        return v
+
+
+def _runner_shape(value: object) -> str | None:
+    """Which of the three runner forms a value is meant to be (None: none of them)."""
+    if isinstance(value, (DaskLocalRunner, DaskAddressRunner)):
+        return "dask_local_workers" if isinstance(value, DaskLocalRunner) else "dask_address"
+    if value == "threads":
+        return "threads"
+    if isinstance(value, dict):
+        keys = [k for k in ("dask_local_workers", "dask_address") if k in value]
+        return keys[0] if len(keys) == 1 else None  # any other key is then refused by name
+    return None
+
+
+# copy_options.runner: where the full copy's range tasks and verification's run. A tagged union chosen
+# by shape, so that a bad value gets one error about its own form, not one per form
+RUNNER_TAGS = ("threads", "dask_local_workers", "dask_address")
+RunnerChoice = Annotated[
+    Union[Annotated[Literal["threads"], Tag("threads")],
+          Annotated[DaskLocalRunner, Tag("dask_local_workers")],
+          Annotated[DaskAddressRunner, Tag("dask_address")]],
+    Discriminator(_runner_shape, custom_error_type="runner",
+                  custom_error_message='give "threads", {dask_local_workers: N} or '
+                  '{dask_address: "tcp://host:8786"}'),
+]
+
+
+def _choice_of_forms(schema: dict) -> None:
+    """The Prefect run form offers a choice between anyOf options; a tagged union's schema is oneOf."""
+    if "oneOf" in schema:
+        schema["anyOf"] = schema.pop("oneOf")
+
+
 class CopyOptions(BaseModel):
     """Tuning of the full copy; the defaults suit most deployments."""
 
@@ -180,6 +256,15 @@ class CopyOptions(BaseModel):
         "fail", title="When the destination refuses a document",
         description="fail: stop, naming the namespace and _id. skip: leave it out, record it in "
         "mongo_migrate_meta.skipped_documents and go on (verification lists it as skipped).",
+    )
+    runner: RunnerChoice = Field(
+        "threads", title="Where the copy runs",
+        description='"threads": a thread pool of parallel_workers in the flow\'s process. '
+        '{"dask_local_workers": N}: a Dask LocalCluster of N processes (parallel_workers ranges at once '
+        'across them). {"dask_address": "tcp://host:8786"}: an existing Dask cluster (as many ranges at '
+        f'once as its workers have threads). Dask needs prefect-dask ({DASK_INSTALL}) and a Prefect '
+        "server (PREFECT_API_URL) the workers reach. Verification runs where the copy does.",
+        json_schema_extra=_choice_of_forms,
     )
 
 
@@ -530,7 +615,10 @@ def format_validation_error(exc: ValidationError, source: str = "spec") -> str:
     """One line per problem, each naming the key: 'spec.yaml: objects.0.database: Field required'."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",)) or "(top level)"
+        # the tag of a runner form (copy_options.runner.dask_address.dask_address) is not a key
+        loc = [str(p) for p in err["loc"] if p not in ("function-after",)]
+        loc = ".".join(p for i, p in enumerate(loc) if not (i and loc[i - 1] == "runner" and p in RUNNER_TAGS))
+        loc = loc or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from mongo_migrate.blocks.errors import PrecheckFailed, VerificationDiffers
 from mongo_migrate.blocks.spec import MigrationSpec, forget_loaded_blocks
 from mongo_migrate.flows.incremental import SyncReport, incremental_sync
 from mongo_migrate.flows.progress import PROGRESS_EVERY_S, CopyProgress
+from mongo_migrate.flows.runners import range_runner
 from mongo_migrate.flows.throttle import VariableWatcher
 from mongo_migrate.flows.verify import VerificationReport, verify_plan
 from mongo_migrate.tasks.connect import check_connectivity_task
@@ -101,11 +102,12 @@ def precheck_steps(spec: MigrationSpec) -> PrecheckOutcome:
 def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStats]:
     """Copy every selected collection, big ones range by range, `parallel_workers` ranges at once.
 
-    The ranges are tasks of the calling flow run, on a thread pool of their own sized by the spec.
-    (A subflow would do the sizing too, but costs seconds per run: its tracking task run is a write
-    that a local SQLite server often answers 503 "database is locked", and the client retries it
-    after 2 s; its heartbeat thread takes up to another second to stop.)"""
-    with ThreadPoolTaskRunner(max_workers=spec.copy_options.parallel_workers) as runner:
+    The ranges are tasks of the calling flow run, on the task runner of copy_options.runner (a thread
+    pool sized by the spec, or Dask workers: flows/runners.py). (A subflow would do the sizing too, but
+    costs seconds per run: its tracking task run is a write that a local SQLite server often answers 503
+    "database is locked", and the client retries it after 2 s; its heartbeat thread takes up to another
+    second to stop.)"""
+    with range_runner(spec) as runner:
         splits = runner.map(split_collection_task, {"spec": unmapped(spec), "plan": plans})
         ranges = [r for f in splits for r in f.result()]
         # biggest first, so that the last workers to finish are not stuck with a giant
@@ -167,16 +169,6 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         raise PrecheckFailed(outcome.report)
     plan = outcome.plan
     run = start_run_task(spec, plan, str(flow_run.get_id() or ""))
-    # the load cap set from the Prefect UI, copied onto the destination while the run lasts
-    watcher = VariableWatcher(spec)
-    try:
-        return _migrate_after_start(spec, plan, run, outcome, phases)
-    finally:
-        watcher.stop()
-
-
-def _migrate_after_start(spec: MigrationSpec, plan: MigrationPlan, run, outcome: PrecheckOutcome,
-                         phases: "PhaseClock") -> MigrationSummary:
     if spec.incremental:
         # before the copy reads anything: every write from here on is in the change stream
         save_start_point_task(spec, run.resumed)
@@ -186,6 +178,20 @@ def _migrate_after_start(spec: MigrationSpec, plan: MigrationPlan, run, outcome:
         fut.result()
     phases.lap("prepare")
 
+    with ExitStack() as keep:
+        # the load cap set from the Prefect UI, copied onto the destination while the run lasts
+        keep.callback(VariableWatcher(spec).stop)
+        if not spec.incremental:
+            # the copy's task runner serves the verification too (a Dask cluster is started once); an
+            # incremental run's sync may last days, and its verification starts one of its own
+            keep.enter_context(range_runner(spec))
+        return copy_to_verification(spec, outcome, run, plan, phases)
+
+
+def copy_to_verification(spec: MigrationSpec, outcome: PrecheckOutcome, run, plan: MigrationPlan,
+                         phases: PhaseClock) -> MigrationSummary:
+    """migrate_steps from the full copy on."""
+    data_plans = plan.data_plans
     stats = full_copy(spec, data_plans)
     phases.lap("copy")
 

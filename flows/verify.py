@@ -9,11 +9,11 @@ import time
 
 from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, computed_field
 
 from mongo_migrate.blocks.errors import VerificationUnavailable
 from mongo_migrate.blocks.spec import MigrationSpec, forget_loaded_blocks
+from mongo_migrate.flows.runners import range_runner
 from mongo_migrate.tasks.connect import check_connectivity_task
 from mongo_migrate.tasks.copy import CopyStats
 from mongo_migrate.tasks.namespaces import MigrationPlan, plan_namespaces_task
@@ -104,7 +104,7 @@ def verify_plan(spec: MigrationSpec, plan: MigrationPlan, recheck_delay_s: float
     workers = spec.copy_options.parallel_workers
     at_once = max(1, min(workers, len(plan.data_plans)))
     scan_threads = max(2, 2 * workers // at_once)
-    with ThreadPoolTaskRunner(max_workers=workers) as runner:
+    with range_runner(spec) as runner:  # where the copy ran (copy_options.runner)
         futures = runner.map(verify_collection_task, {
             "spec": unmapped(spec), "plan": plan.collections,
             "recheck_delay_s": unmapped(recheck_delay_s), "scan_threads": unmapped(scan_threads),

@@ -12,6 +12,7 @@ runs as a Prefect task of its own. Adding an item is a function in its module an
  4   destination compatibility           versions.py       10 selected objects, config   objects.py
  5/6 source / destination permissions    permissions.py    11 name mapping, targets      objects.py
  12  data compatibility (a scan of the source's documents) data.py
+     the Dask cluster of copy_options.runner              connectivity.py
      the Slack notifier, when the spec names one          notifications.py
  Items 4, 8, 9 and 12 read the source's inventory (inventory.py), read once.
 """
@@ -29,9 +30,9 @@ from mongo_migrate.tasks.precheck.capacity import (DESTINATION_STORAGE, OPLOG_WI
                                                    check_destination_storage, check_oplog_window, classify_oplog_window,
                                                    classify_storage, measure_copy_rate, read_destination_space,
                                                    read_oplog_window)
-from mongo_migrate.tasks.precheck.connectivity import (DESTINATION_CONNECTIVITY, DISTINCT_DEPLOYMENTS,
-                                                       SOURCE_CONNECTIVITY, check_distinct_deployments, check_endpoint,
-                                                       same_deployment)
+from mongo_migrate.tasks.precheck.connectivity import (DASK_CLUSTER, DESTINATION_CONNECTIVITY, DISTINCT_DEPLOYMENTS,
+                                                       SOURCE_CONNECTIVITY, check_dask_cluster,
+                                                       check_distinct_deployments, check_endpoint, same_deployment)
 from mongo_migrate.tasks.precheck.data import DATA_COMPATIBILITY, check_data_compatibility, rejected_field_names
 from mongo_migrate.tasks.precheck.inventory import SourceInventory, read_source_inventory
 from mongo_migrate.tasks.precheck.notifications import NOTIFICATIONS, check_notifications
@@ -46,8 +47,8 @@ from mongo_migrate.tasks.precheck.versions import (DESTINATION_COMPATIBILITY, IN
                                                    collection_problem, index_problem, standalone_remedy)
 
 # what an item may need: the endpoints reachable, the plan (the selection could be listed), the
-# source's inventory (read once, for several items), a Slack notifier in the spec
-SOURCE, DESTINATION, PLAN, INVENTORY, SLACK = "source", "destination", "plan", "inventory", "slack"
+# source's inventory (read once, for several items), a Slack notifier in the spec, a Dask runner
+SOURCE, DESTINATION, PLAN, INVENTORY, SLACK, DASK = "source", "destination", "plan", "inventory", "slack", "dask"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ ITEMS: list[Item] = [
     item(check_data_compatibility, "spec", "plan", "destination", "inventory", "source",
          needs=(SOURCE, DESTINATION, INVENTORY)),
     item(check_notifications, "spec", needs=(SLACK,)),
+    item(check_dask_cluster, "spec", needs=(DASK,)),
 ]
 
 read_source_inventory_task = step(read_source_inventory, retries=0)
@@ -102,7 +104,7 @@ def run_prechecks(spec: MigrationSpec, source: EndpointInfo, destination: Endpoi
     table in item order. Items that cannot run (an endpoint unreachable, the objects not listed) are
     not run; one failed row says so."""
     have = {SOURCE: source.reachable, DESTINATION: destination.reachable, PLAN: plan is not None,
-            SLACK: spec.notifications.slack is not None}
+            SLACK: spec.notifications.slack is not None, DASK: spec.copy_options.runner != "threads"}
     have[INVENTORY] = have[SOURCE] and have[PLAN]
     values = {"spec": spec, "plan": plan, "source": source, "destination": destination}
     runnable = [i for i in ITEMS if all(have[n] for n in i.needs)]
@@ -147,5 +149,5 @@ __all__ = [
     "SOURCE_CONNECTIVITY", "DESTINATION_CONNECTIVITY", "DISTINCT_DEPLOYMENTS", "SOURCE_VERSION",
     "DESTINATION_COMPATIBILITY", "SOURCE_PERMISSIONS", "DESTINATION_PERMISSIONS", "INCREMENTAL",
     "OPLOG_WINDOW", "DESTINATION_STORAGE", "OBJECTS", "TARGET_NAMESPACES", "DATA_COMPATIBILITY",
-    "NOTIFICATIONS",
+    "NOTIFICATIONS", "DASK_CLUSTER", "check_dask_cluster",
 ]

@@ -1,12 +1,14 @@
-"""Items 1 and 2, connectivity, and 2b: the source is not the destination under another name."""
+"""Items 1 and 2, connectivity, 2b: the source is not the destination under another name, and the
+Dask cluster the copy runs on (copy_options.runner), reached from here and reaching both deployments."""
 from __future__ import annotations
 
+import ipaddress
 from typing import Optional
 from urllib.parse import urlsplit
 
 from mongo_migrate.blocks.mongo import MongoConnection
-from mongo_migrate.blocks.spec import MigrationSpec
-from mongo_migrate.tasks.connect import EndpointInfo
+from mongo_migrate.blocks.spec import DASK_INSTALL, DaskAddressRunner, MigrationSpec
+from mongo_migrate.tasks.connect import EndpointInfo, check_connectivity
 from mongo_migrate.tasks.namespaces import MigrationPlan, NamespaceMapper
 from mongo_migrate.tasks.precheck.objects import occupied_targets
 from mongo_migrate.tasks.precheck.report import CheckResult, check_item, failed, listing, passed, warning
@@ -16,6 +18,9 @@ from mongo_migrate.tasks.state import resumable_run
 SOURCE_CONNECTIVITY = "source connectivity"
 DESTINATION_CONNECTIVITY = "destination connectivity"
 DISTINCT_DEPLOYMENTS = "source is not destination"
+DASK_CLUSTER = "Dask cluster"
+# how long the precheck (and a `verify` run) waits for a Dask scheduler to answer
+DASK_CONNECT_TIMEOUT_S = 10
 
 
 # -- 1/2: connectivity --------------------------------------------------------------------------
@@ -132,3 +137,103 @@ def check_distinct_deployments(spec: MigrationSpec, plan: MigrationPlan, source:
                        "the precheck can read which deployment each is")
     occupied = [] if resumable_run(spec) else list(occupied_targets(spec, plan))
     return classify_same_deployment(spec, plan, why, occupied)
+
+
+# -- the Dask cluster of copy_options.runner ----------------------------------------------------
+
+def _loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dask_runner_problem(spec: MigrationSpec) -> tuple[str, str] | None:
+    """(detail, remedy) when the spec's Dask runner cannot start from here at all; None when it can
+    (or the runner is the thread pool). Asked by this precheck item, and by the flows before they start
+    a runner (flows/runners.py), since `verify` runs no precheck."""
+    from prefect.settings import get_current_settings
+
+    runner = spec.copy_options.runner
+    if runner == "threads":
+        return None
+    try:
+        import prefect_dask  # noqa: F401
+    except ImportError:
+        return ("copy_options.runner asks for Dask, and prefect-dask is not installed where the flow runs",
+                f"{DASK_INSTALL}, or set copy_options.runner: threads")
+    api = get_current_settings().api.url
+    if not api:
+        # without an API URL each process runs a Prefect server of its own (ephemeral mode): the
+        # workers' task runs would be recorded in theirs, under a flow run it does not know
+        return ("copy_options.runner asks for Dask, whose workers report their task runs to the Prefect "
+                "API, and no Prefect server is configured (PREFECT_API_URL)",
+                "set PREFECT_API_URL to a Prefect server (prefect server start, make serve), or start the "
+                "migration with the mongo-migrate command, which starts one for the run")
+    if isinstance(runner, DaskAddressRunner):
+        scheduler_host = urlsplit(runner.dask_address).hostname
+        if _loopback(urlsplit(api).hostname) and not _loopback(scheduler_host):
+            return (f"the Prefect API {api} is a loopback address, which the workers of the Dask cluster at "
+                    f"{runner.dask_address} cannot reach (mongo-migrate's temporary server is one)",
+                    "run a Prefect server the workers can reach and set PREFECT_API_URL to its address "
+                    "as they see it (http://prefect-host:4200/api)")
+    return None
+
+
+def probe_from_worker(spec: MigrationSpec) -> list[EndpointInfo]:
+    """Run on each Dask worker: importing this function there is the test that the project is installed,
+    and each endpoint is reached as the copy will reach it."""
+    return [check_connectivity(spec.source, "source"), check_connectivity(spec.destination, "destination")]
+
+
+@check_item(DASK_CLUSTER)
+def check_dask_cluster(spec: MigrationSpec) -> CheckResult:
+    """copy_options.runner on Dask: prefect-dask installed, a Prefect API the workers can report to and,
+    for an existing cluster, its scheduler reached, workers present, each able to run mongo-migrate's
+    code and to reach both deployments."""
+    name = DASK_CLUSTER
+    problem = dask_runner_problem(spec)
+    if problem:
+        return failed(name, *problem)
+    runner = spec.copy_options.runner
+    if not isinstance(runner, DaskAddressRunner):
+        return passed(name, f"a Dask LocalCluster of {runner.dask_local_workers} worker processes is started "
+                      "for the copy and the verification")
+    from distributed import Client
+
+    address = runner.dask_address
+    try:
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError):
+        return failed(name, f"the Dask scheduler at {address} cannot be reached (no answer within "
+                      f"{DASK_CONNECT_TIMEOUT_S} s)", unreachable_scheduler_remedy(address))
+    with client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        if not workers:
+            return failed(name, f"the Dask scheduler at {address} has no workers",
+                          f"start workers on machines that reach both deployments: dask worker {address} "
+                          f"(with {DASK_INSTALL})")
+        try:
+            seen = client.run(probe_from_worker, spec)
+        except Exception as exc:  # noqa: BLE001 - e.g. ModuleNotFoundError: the worker lacks the project
+            return failed(name, f"the workers of the Dask cluster at {address} cannot run mongo-migrate "
+                          f"({type(exc).__name__}: {str(exc)[:200]})",
+                          f"install the project, the same version as here, on every worker: {DASK_INSTALL}")
+    problems = [f"worker {w}: {i.problem}" for w, infos in seen.items() for i in infos if not i.reachable]
+    if problems:
+        return failed(name, f"not every worker of the Dask cluster at {address} reaches both deployments: "
+                      + listing(problems, 3),
+                      "let every worker reach both deployments (network, DNS, TLS files on the workers), "
+                      "or remove the workers that cannot")
+    threads = sum(w.get("nthreads", 0) for w in workers.values())
+    return passed(name, f"the Dask cluster at {address}: {len(workers)} workers, {threads} threads, each "
+                  "reaching both deployments")
+
+
+def unreachable_scheduler_remedy(address: str) -> str:
+    return (f"start the Dask scheduler and its workers (dask scheduler; dask worker {address}), or fix "
+            "copy_options.runner.dask_address; check that this machine reaches that host and port")
