@@ -40,8 +40,9 @@ def prefect_api():
 # and Prefect server. The longest tests are handed out first, so that neither worker is left with a
 # long one at the end; a module whose tests share a module-scoped fixture (a served Prefect, a set of
 # CLI runs) stays on one worker so that the fixture is set up once.
-LONGEST_FIRST = ["test_kills", "test_incremental", "test_prefect_outage", "test_faults", "test_cli", "test_dask",
-                 "test_ui", "test_destination_kills", "test_deployments", "test_alarms", "test_versions_sync"]
+LONGEST_FIRST = ["test_kills", "test_dask", "test_incremental", "test_throttle", "test_prefect_outage", "test_faults",
+                 "test_cli", "test_ui", "test_destination_kills", "test_deployments", "test_alarms",
+                 "test_versions_sync"]
 
 
 def pytest_collection_modifyitems(config, items):
