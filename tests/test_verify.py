@@ -91,6 +91,16 @@ def test_equal_collections_then_every_kind_of_difference_named_by_id(src_client,
     assert "2 missing, 1 extra, 2 different" in diff.describe()
 
 
+def record_range_reads(monkeypatch) -> list[tuple[str, str]]:
+    """(side, "documents" or "_id only") of every range verification reads from now on."""
+    reads: list[tuple[str, str]] = []
+    real_range_batches = mongo_migrate.tasks.verify.range_batches
+    monkeypatch.setattr(mongo_migrate.tasks.verify, "range_batches", lambda spec, rng, side, ids_only=False: (
+        reads.append((side, "_id only" if ids_only else "documents"))
+        or real_range_batches(spec, rng, side, ids_only)))
+    return reads
+
+
 def test_a_full_runs_verification_reads_the_destination_and_counts_the_source_index(
         src_client, dst_client, spec_for, monkeypatch):
     """After a copy, the copy's digests stand for the source: its documents are not read again, but
@@ -102,11 +112,7 @@ def test_a_full_runs_verification_reads_the_destination_and_counts_the_source_in
     copied = [copy_collection_range(spec, r) for r in split_collection(spec, plan)]
     assert len(copied) >= 4
 
-    reads = []
-    real_range_batches = mongo_migrate.tasks.verify.range_batches
-    monkeypatch.setattr(mongo_migrate.tasks.verify, "range_batches", lambda spec, rng, side, ids_only=False: (
-        reads.append((side, "_id only" if ids_only else "documents"))
-        or real_range_batches(spec, rng, side, ids_only)))
+    reads = record_range_reads(monkeypatch)
     same = verify_collection(spec, plan, recheck_delay_s=0, copied=copied)
     assert same.equal, same.describe()
     assert (same.source_docs, same.target_docs, same.ranges) == (5000, 5000, len(copied))
@@ -139,11 +145,7 @@ def test_a_collection_copied_in_one_range_is_hashed_by_the_destination_server(
     copied = [copy_collection_range(spec, r) for r in split_collection(spec, plan)]
     assert [(c.lower_ejson, c.upper_ejson) for c in copied] == [(None, None)]
 
-    reads = []
-    real_range_batches = mongo_migrate.tasks.verify.range_batches
-    monkeypatch.setattr(mongo_migrate.tasks.verify, "range_batches", lambda spec, rng, side, ids_only=False: (
-        reads.append((side, "_id only" if ids_only else "documents"))
-        or real_range_batches(spec, rng, side, ids_only)))
+    reads = record_range_reads(monkeypatch)
     same = verify_collection(spec, plan, recheck_delay_s=0, copied=copied)
     assert same.equal, same.describe()
     assert (same.source_docs, same.target_docs, same.ranges) == (3000, 3000, 1)
