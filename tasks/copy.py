@@ -36,6 +36,7 @@ from mongo_migrate.blocks.spec import MigrationSpec
 from mongo_migrate.tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson
 from mongo_migrate.tasks.digest import StreamHash
 from mongo_migrate.tasks.namespaces import CollectionPlan
+from mongo_migrate.tasks.raw_batches import find_raw_batches
 from mongo_migrate.tasks.state import COPY_RANGES, COPY_UNITS, SKIPPED_DOCUMENTS, state_collection
 from mongo_migrate.tasks.throttle import COPY, limiter
 
@@ -191,12 +192,12 @@ def read_raw_range(coll: Collection, plan: CollectionPlan, lower: dict | None, u
     the `_id` index (the clustered one too) with index bounds: min/max follow BSON order across types,
     where a {$gte: ...} query would only match the bound's own type."""
     if _capped(plan):
-        return iter(coll.find_raw_batches({}, projection, batch_size=batch_docs, cursor_type=CursorType.EXHAUST))
+        return iter(find_raw_batches(coll, {}, projection, batch_size=batch_docs, cursor_type=CursorType.EXHAUST))
     if plan.kind == "timeseries":
         query = {} if lower is None else {"_id": {"$gte": lower["_id"]}}
-        return iter(coll.find_raw_batches(query, projection, batch_size=batch_docs,
+        return iter(find_raw_batches(coll, query, projection, batch_size=batch_docs,
                                           cursor_type=CursorType.EXHAUST))
-    cursor = coll.find_raw_batches({}, projection, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
+    cursor = find_raw_batches(coll, {}, projection, batch_size=batch_docs, cursor_type=CursorType.EXHAUST)
     cursor = cursor.hint([("_id", ASCENDING)])
     if lower is not None:
         cursor = cursor.min(list(lower.items()))
@@ -215,7 +216,7 @@ def with_max_key(batches: Iterable[bytes], coll: Collection, projection: dict | 
         last = batch or last
         yield batch
     if not last or last_document(last)["_id"] != MaxKey():
-        yield from coll.find_raw_batches({"_id": MaxKey()}, projection)
+        yield from find_raw_batches(coll, {"_id": MaxKey()}, projection)
 
 
 def _already_there(error: dict) -> bool:
@@ -387,7 +388,7 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     if spec.copy_options.on_document_error == "skip":
         skipped = state_collection(spec, SKIPPED_DOCUMENTS)
 
-        def skip_refused(doc_id: object, error: dict) -> None:
+        def record_skipped(doc_id: object, error: dict) -> None:
             stats.skipped += 1
             log.warning("%s: skipped document _id=%r, refused by the destination (code %s): %s",
                         plan.target_ns, doc_id, error.get("code"), error.get("errmsg", ""))
@@ -397,6 +398,7 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
                 "id_ejson": id_ejson, "doc_id": doc_id, "code": error.get("code"),
                 "error": error.get("errmsg", ""), "at": datetime.now(timezone.utc),
             }}, upsert=True)
+        skip_refused = record_skipped
 
     docs_before, bytes_before = state.get("docs", 0), state.get("bytes", 0)
     # the hash of one pass over the whole range; a resumed attempt's pass is not one, and hashes nothing

@@ -42,6 +42,7 @@ from mongo_migrate.tasks.copy import (CopyRange, CopyStats, document_offsets, re
                                       splittable)
 from mongo_migrate.tasks.digest import DIGEST_MOD, StreamHash, digest_raw_batch, document_hash
 from mongo_migrate.tasks.namespaces import CollectionPlan, NamespaceMapper
+from mongo_migrate.tasks.raw_batches import find_raw_batches
 from mongo_migrate.tasks.schema import map_view_pipeline, view_source_name
 from mongo_migrate.tasks.state import SKIPPED_DOCUMENTS, state_collection
 
@@ -404,7 +405,7 @@ def _current_hashes(spec: MigrationSpec, plan: CollectionPlan, side: Side, eleme
     found: dict[bytes, int] = {}
     for start in range(0, len(elements), 1000):
         values = [id_value(e) for e in elements[start:start + 1000]]
-        for raw in coll.find_raw_batches({"_id": {"$in": values}}):
+        for raw in find_raw_batches(coll, {"_id": {"$in": values}}):
             found.update(iter_documents(raw))
     return found
 

@@ -17,6 +17,7 @@ from mongo_migrate.tasks.namespaces import MigrationPlan
 from mongo_migrate.tasks.precheck.inventory import SourceInventory, inventory_unreadable
 from mongo_migrate.tasks.precheck.report import (CheckResult, MiB, check_item, failed, fmt_bytes, fmt_hours, passed,
                                                  warning)
+from mongo_migrate.tasks.raw_batches import find_raw_batches
 
 OPLOG_WINDOW = "oplog window"
 DESTINATION_STORAGE = "destination storage"
@@ -82,7 +83,7 @@ def measure_copy_rate(spec: MigrationSpec, inventory: SourceInventory,
         if c.data_bytes == 0:
             continue
         coll = client[c.plan.source_db][c.plan.data_collection]
-        for batch in coll.find_raw_batches({}, batch_size=spec.copy_options.batch_docs):
+        for batch in find_raw_batches(coll, {}, batch_size=spec.copy_options.batch_docs):
             read += len(batch)
             if read >= sample_bytes or time.monotonic() - started > max_seconds:
                 break

@@ -18,6 +18,7 @@ from mongo_migrate.tasks.copy import document_offsets
 from mongo_migrate.tasks.namespaces import CollectionPlan, MigrationPlan
 from mongo_migrate.tasks.precheck.inventory import CollectionFacts, SourceInventory, inventory_unreadable
 from mongo_migrate.tasks.precheck.report import CheckResult, MiB, check_item, failed, listing, passed, warning
+from mongo_migrate.tasks.raw_batches import find_raw_batches
 
 DATA_COMPATIBILITY = "data compatibility"
 MAX_BSON_SIZE = 16 * MiB
@@ -33,7 +34,7 @@ def large_documents(spec: MigrationSpec, plan: CollectionPlan, limit: int = LARG
     coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
     if version_tuple(source_version) < (4, 4):
         over = []
-        for batch in coll.find_raw_batches({}):
+        for batch in find_raw_batches(coll, {}):
             starts = document_offsets(batch)
             sizes = [end - start for start, end in zip(starts, [*starts[1:], len(batch)])]
             over += [size for size in sizes if size > limit]
@@ -72,7 +73,7 @@ def rejected_field_names(spec: MigrationSpec, plan: CollectionPlan, destination_
         return 0, []
     coll = open_client(spec.source.resolve())[plan.source_db][plan.data_collection]
     count, names = 0, []
-    for raw in coll.find_raw_batches({}):
+    for raw in find_raw_batches(coll, {}):
         for doc in bson.decode_all(raw, _LENIENT):
             found: list[str] = []
             _walk_names(doc, "", found)
