@@ -5,13 +5,13 @@ import time
 from contextlib import ExitStack
 
 from prefect import flow, unmapped
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from mongo_migrate.blocks.errors import PrecheckFailed, VerificationDiffers
 from mongo_migrate.blocks.spec import MigrationSpec, forget_loaded_blocks
+from mongo_migrate.flows import artifacts
 from mongo_migrate.flows.incremental import SyncReport, incremental_sync
 from mongo_migrate.flows.progress import PROGRESS_EVERY_S, CopyProgress
 from mongo_migrate.flows.runners import range_runner
@@ -89,10 +89,7 @@ def precheck_steps(spec: MigrationSpec) -> PrecheckOutcome:
     plan = listing.plan if listing else None
     # every check item is a task of its own (tasks/precheck/: ITEMS)
     report = run_prechecks(spec, source, destination, plan, listing.error if listing else None)
-    create_table_artifact(
-        key="precheck", table=precheck_table(report),
-        description=f"Precheck: {'passed' if report.passed else 'FAILED'}",
-    )
+    artifacts.table("precheck", precheck_table(report), f"Precheck: {'passed' if report.passed else 'FAILED'}")
     if not report.passed:
         # always sent (not switchable); links to the top-level run, the migration when there is one
         notify_precheck_failed(spec, report, flow_run_url())
@@ -149,7 +146,8 @@ def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
 def migrate(spec: MigrationSpec) -> MigrationSummary:
     forget_loaded_blocks()  # endpoint blocks are loaded once per run (blocks/spec.py)
     try:
-        summary = migrate_steps(spec)
+        with artifacts.artifacts_written_behind():  # all written when the run ends (flows/artifacts.py)
+            summary = migrate_steps(spec)
     except PrecheckFailed:
         raise  # the precheck has told Slack already
     except Exception as exc:
@@ -229,8 +227,7 @@ def copy_to_verification(spec: MigrationSpec, outcome: PrecheckOutcome, run, pla
         flag_emptied_sources(verification, outcome.report.source_docs)
     summary = summarize(spec, run.resumed, plans=data_plans, stats=stats, verified=verification.collections,
                         indexes=indexes, views=views, phases=phases, sync=sync)
-    create_markdown_artifact(key="migration-summary", markdown=summary_markdown(summary),
-                             description="What was migrated")
+    artifacts.markdown("migration-summary", summary_markdown(summary), "What was migrated")
     if not summary.counts_match:
         raise VerificationDiffers("verification found differences: " + verification.describe())
     finish_run_task(spec)

@@ -20,7 +20,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from uuid import UUID
 
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.events import emit_event
@@ -30,6 +30,7 @@ from pymongo.errors import PyMongoError
 
 from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import MigrationSpec
+from mongo_migrate.flows.artifacts import ProgressBar
 from mongo_migrate.tasks.notify import flow_run_url, notify_sync_alarm
 from mongo_migrate.tasks.sync.events import format_delay
 from mongo_migrate.tasks.sync.position import oplog_window_left_s
@@ -91,8 +92,8 @@ def _tell_watchers(method: str, *args, **kwargs) -> None:
 
 
 class CopyProgress:
-    """Creates the progress artifacts; `range_finished(ns)` as each range ends, `update()` every
-    PROGRESS_EVERY_S (and once at the end)."""
+    """Creates the progress artifacts (flows/artifacts.py writes them); `range_finished(ns)` as each
+    range ends, `update()` every PROGRESS_EVERY_S (and once at the end)."""
 
     def __init__(self, spec: MigrationSpec, ranges: list) -> None:
         self.spec = spec
@@ -108,21 +109,16 @@ class CopyProgress:
         self._destination = None
         total = sum(self.expected.values())
         start = 0.0 if ranges else 100.0  # nothing to copy is a finished copy
-        self.overall = create_progress_artifact(
+        self.overall = ProgressBar(
             start, key=FULL_COPY_KEY,
             description=f"Full copy: {len(self.plans)} collection{'' if len(self.plans) == 1 else 's'}, "
             f"about {total:,} documents",
         )
-        self.shown: dict[UUID, float] = {self.overall: start}
         biggest = sorted(self.plans, key=lambda ns: -self.expected[ns])[:MAX_COLLECTION_BARS]
-        self.bars: dict[str, UUID] = {}
-        for ns in biggest:
-            plan = self.plans[ns]
-            self.bars[ns] = create_progress_artifact(
-                0.0, description=f"Full copy of {ns} -> {plan.target_ns} "
-                f"(about {self.expected[ns]:,} documents)",
-            )
-            self.shown[self.bars[ns]] = 0.0
+        self.bars: dict[str, ProgressBar] = {
+            ns: ProgressBar(0.0, description=f"Full copy of {ns} -> {self.plans[ns].target_ns} "
+                            f"(about {self.expected[ns]:,} documents)")
+            for ns in biggest}
 
     def range_finished(self, source_ns: str) -> None:
         self.remaining[source_ns] -= 1
@@ -142,15 +138,15 @@ class CopyProgress:
             # never 100 before the last range ends (the source estimate may be low)
             self.copied[ns] = min(count, max(self.expected[ns] - 1, 0))
         snapshot = self.snapshot()
-        for ns, artifact in self.bars.items():
-            self._show(artifact, self._percent([ns]))
+        for ns, bar in self.bars.items():
+            bar.move(round(self._percent([ns]), 1))
         finished = all(c.finished for c in snapshot.collections)
         eta = ", done" if finished else ("" if snapshot.eta_s is None else
                                          f", about {format_duration(snapshot.eta_s)} left")
-        self._show(self.overall, self._percent(list(self.plans)),
-                   f"Full copy: {len(self.plans)} collection{'' if len(self.plans) == 1 else 's'}, "
-                   f"{sum(self.copied.values()):,} of about {sum(self.expected.values()):,} documents, "
-                   f"{snapshot.docs_per_s:,.0f} docs/s{eta}{snapshot.cap_text()}")
+        self.overall.move(round(self._percent(list(self.plans)), 1),
+                          f"Full copy: {len(self.plans)} collection{'' if len(self.plans) == 1 else 's'}, "
+                          f"{sum(self.copied.values()):,} of about {sum(self.expected.values()):,} documents, "
+                          f"{snapshot.docs_per_s:,.0f} docs/s{eta}{snapshot.cap_text()}")
         _tell_watchers("copy_progress", snapshot)
 
     def snapshot(self) -> CopySnapshot:
@@ -178,12 +174,6 @@ class CopyProgress:
         if not expected:
             return 0.0
         return min(99.9, 100.0 * sum(self.copied[ns] for ns in names) / expected)
-
-    def _show(self, artifact: UUID, percent: float, description: str | None = None) -> None:
-        percent = round(percent, 1)
-        if percent != self.shown[artifact]:
-            update_progress_artifact(artifact, percent, description=description)
-            self.shown[artifact] = percent
 
     def _target(self, plan):
         if self._destination is None:

@@ -24,7 +24,6 @@ from mongo_migrate.blocks.spec import DaskLocalRunner, MigrationSpec, forget_loa
 from mongo_migrate.tasks.precheck.connectivity import (DASK_CONNECT_TIMEOUT_S, dask_runner_problem,
                                                        unreachable_scheduler_remedy)
 
-
 # the runner of an enclosing range_runner: a full run keeps one from its copy to its verification, so that
 # a LocalCluster is started (its worker processes import Prefect and the project: seconds) only once
 _open: ContextVar[TaskRunner | None] = ContextVar("mongo_migrate_range_runner", default=None)

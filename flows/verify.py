@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 
 from prefect import flow, unmapped
-from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, computed_field
 
 from mongo_migrate.blocks.errors import VerificationUnavailable
 from mongo_migrate.blocks.spec import MigrationSpec, forget_loaded_blocks
+from mongo_migrate.flows import artifacts
 from mongo_migrate.flows.runners import range_runner
 from mongo_migrate.tasks.connect import check_connectivity_task
 from mongo_migrate.tasks.copy import CopyStats
@@ -111,9 +111,6 @@ def verify_plan(spec: MigrationSpec, plan: MigrationPlan, recheck_delay_s: float
             "copied": [[s for s in copied or [] if s.source_ns == p.source_ns] for p in plan.collections]})
         report = VerificationReport(collections=[f.result() for f in futures])
     report.seconds = round(time.monotonic() - started, 3)
-    create_table_artifact(
-        key="verification", table=verification_table(report),
-        description="Verification: " + ("equal" if report.equal else
-                                         f"{len(report.unequal)} collections DIFFER"),
-    )
+    artifacts.table("verification", verification_table(report), "Verification: " + (
+        "equal" if report.equal else f"{len(report.unequal)} collections DIFFER"))
     return report
