@@ -110,9 +110,8 @@ def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStat
         # biggest first, so that the last workers to finish are not stuck with a giant
         ranges.sort(key=lambda r: -r.estimated_docs)
         futures = runner.map(copy_collection_range_task, {"spec": unmapped(spec), "rng": ranges})
-        # "full-copy-progress" and a bar per collection, created while the first ranges copy: each is
-        # a write to the Prefect API (≈0.1-0.3 s apiece on a local server, 1.3 s in all seen at 20,000
-        # documents, as long as the copy itself)
+        # "full-copy-progress" and a bar per collection, once the ranges are on their way: the bars'
+        # API writes (flows/artifacts.py) never hold up the copy's start
         progress = CopyProgress(spec, ranges)
         return _settle_ranges(futures, ranges, progress)
 
