@@ -154,7 +154,9 @@ def _read_spec(path: str):
 
 
 def _set_up_logging(args) -> None:
-    import prefect  # noqa: F401 - configures logging, which is then trimmed
+    # Prefect sets its logging up when prefect.main is imported (by `from prefect import flow`, as the
+    # flows do), and again there if it was set up before: imported first, it is set up once, then trimmed
+    import prefect.main  # noqa: F401
 
     if not args.debug:
         _quiet_tracebacks()
