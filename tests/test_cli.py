@@ -261,3 +261,20 @@ def test_passwords_reach_no_prefect_record(cli):
     assert '"password": "**********"' in text  # the specs with passwords were recorded, masked
     for secret in ("admin-secret", WRONG_PASSWORD, URI_PASSWORD, UNESCAPED_PASSWORD):
         assert secret not in text
+
+
+def test_the_commands_flow_run_does_not_wait_for_the_heartbeat_thread(monkeypatch):
+    """The command ends its process after its run: it does not join Prefect's heartbeat thread (up to
+    1 s). If a Prefect release renames or reshapes the function, this shows the saving is gone."""
+    import functools
+
+    from prefect import flow_engine
+
+    import mongo_migrate.flows.cli as cli
+
+    monkeypatch.setattr(flow_engine, "_send_heartbeats", flow_engine._send_heartbeats)
+    cli._heartbeat_not_awaited()
+    patched = flow_engine._send_heartbeats
+    assert isinstance(patched, functools.partial) and patched.keywords == {"join_on_exit": False}
+    cli._heartbeat_not_awaited()  # twice is once
+    assert flow_engine._send_heartbeats is patched
