@@ -36,24 +36,36 @@ class TemporaryServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         prefect_parent = Path(importlib.util.find_spec("prefect").origin).parent.parent
         # the command and environment of SubprocessASGIServer._run_uvicorn_command (prefect 3.x)
+        log = self._log()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_parent), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
             env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                  "PREFECT__SERVER_FINAL": "1"},
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
+        log.close()  # the server holds its own copy
         # registered before Prefect registers its own exit handlers, so it runs after them: the
         # run's last log lines and events are sent before the server goes away
         atexit.register(self.stop)
+
+    def _log(self):
+        """The server's own output goes to a file beside the command's logs (flows/terminal.py), not to
+        the terminal: stopped as the command exits, it may print the traceback of a write it was in the
+        middle of (its task-run recorder's), which is Prefect's business, not the user's."""
+        folder = Path(os.environ.get("MONGO_MIGRATE_LOG_DIR") or Path.home() / ".cache" / "mongo-migrate" / "logs")
+        folder.expanduser().mkdir(parents=True, exist_ok=True)
+        self.log_path = folder.expanduser() / f"temporary-prefect-server-{os.getpid()}.log"
+        return open(self.log_path, "wb")
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the temporary Prefect server exited with code {self.proc.returncode} "
-                                   "before it answered (set PREFECT_API_URL to use a running server)")
+                                   f"before it answered (its output: {self.log_path}; set PREFECT_API_URL "
+                                   "to use a running server)")
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as reply:
                     if reply.status == 200:
