@@ -16,7 +16,7 @@ import contextvars
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
@@ -41,20 +41,18 @@ def artifacts_written_behind() -> Iterator[None]:
         writer.shutdown(wait=True)
 
 
-def _write(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-    def guarded() -> Any:
+def _write(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def guarded() -> None:
         try:
-            return fn(*args, **kwargs)
+            fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - a display is never worth failing the migration for
             log.warning("the %s artifact was not written: %s", what, exc)
-            return None
 
     writer = _writer.get()
     if writer is None:
-        done: Future = Future()
-        done.set_result(guarded())
-        return done
-    return writer.submit(contextvars.copy_context().run, guarded)
+        guarded()
+    else:
+        writer.submit(contextvars.copy_context().run, guarded)
 
 
 def table(key: str, rows: list[dict], description: str) -> None:
