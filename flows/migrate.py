@@ -1,11 +1,11 @@
 """The `migrate` and `precheck` flows: the console's steps, composed."""
 from __future__ import annotations
 
+import queue
 import time
 from contextlib import ExitStack
 
 from prefect import flow, unmapped
-from prefect.futures import wait
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
@@ -117,23 +117,34 @@ def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStat
 
 
 def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
+    """Wait for every range before failing, so that each one has saved its checkpoint; move the
+    progress as ranges end and every PROGRESS_EVERY_S.
+
+    Not prefect.futures.wait(timeout=...): on the main thread (the command's flow runs there) it arms
+    a process alarm (SIGALRM) for its timeout, and an alarm that fires while the wait is inside its
+    lock raised "RuntimeError: release unlocked lock" and failed a migration (seen at 20,000
+    documents). Each future puts itself on a queue when it ends, on any task runner."""
     range_of = dict(zip(futures, ranges))
+    ended: queue.SimpleQueue = queue.SimpleQueue()
+    for fut in futures:
+        fut.add_done_callback(ended.put)
     results: list[CopyStats] = []
     errors: list[BaseException] = []
-    pending = list(futures)
+    left = len(futures)
     shown = time.monotonic()
-    # wait for every range before failing, so each one has saved its checkpoint. prefect's wait()
-    # returns when all are done or at the timeout, so a short timeout notices the last range at once
-    while pending:
-        done, not_done = wait(pending, timeout=0.2)
-        for fut in done:
+    while left:
+        try:
+            fut = ended.get(timeout=max(0.0, shown + PROGRESS_EVERY_S - time.monotonic()))
+        except queue.Empty:
+            fut = None
+        if fut is not None:
+            left -= 1
             try:
                 results.append(fut.result())
             except BaseException as exc:  # noqa: BLE001 - reported below, after all ranges settle
                 errors.append(exc)
             progress.range_finished(range_of[fut].plan.source_ns)
-        pending = list(not_done)
-        if not pending or time.monotonic() - shown >= PROGRESS_EVERY_S:
+        if not left or time.monotonic() - shown >= PROGRESS_EVERY_S:
             progress.update()
             shown = time.monotonic()
     if errors:
