@@ -13,7 +13,7 @@ import time
 from typing import Literal
 from uuid import UUID
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import get_run_logger, unmapped
 from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout
 from prefect.runtime import flow_run
@@ -25,6 +25,7 @@ from mongo_migrate.blocks.errors import CutoverVerificationFailed, OplogWindowEx
 from mongo_migrate.blocks.spec import MigrationSpec
 from mongo_migrate.flows.approval import SYNC_FLOW_NAME, tell_approval_listeners, wait_for_approval
 from mongo_migrate.flows.progress import REPORT_EVERY_S, SyncReporter
+from mongo_migrate.flows.spec_flow import spec_flow
 from mongo_migrate.tasks.cutover import (CollectionCheck, abandon_run_task, block_source_writes_task,
                                          check_collection_task, drain_point_task, forget_deferred_unique,
                                          pending_unique, recopy_collection_task, unblock_source_writes_task)
@@ -132,7 +133,7 @@ def _approval_description(run_id: str | None, sync: ChangeSync, spec: MigrationS
     ])
 
 
-@flow(name=SYNC_FLOW_NAME, description="Apply the source's changes until cutover is approved, then cut over.")
+@spec_flow(name=SYNC_FLOW_NAME, description="Apply the source's changes until cutover is approved, then cut over.")
 def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
     logger = get_run_logger()
     started = time.monotonic()

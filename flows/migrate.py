@@ -5,7 +5,7 @@ import queue
 import time
 from contextlib import ExitStack
 
-from prefect import flow, unmapped
+from prefect import unmapped
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
@@ -15,6 +15,7 @@ from mongo_migrate.flows import artifacts
 from mongo_migrate.flows.incremental import SyncReport, incremental_sync
 from mongo_migrate.flows.progress import PROGRESS_EVERY_S, CopyProgress
 from mongo_migrate.flows.runners import range_runner
+from mongo_migrate.flows.spec_flow import spec_flow
 from mongo_migrate.flows.throttle import VariableWatcher
 from mongo_migrate.flows.verify import VerificationReport, verify_plan
 from mongo_migrate.tasks.connect import check_connectivity_task
@@ -73,7 +74,7 @@ def precheck_table(report: PrecheckReport) -> list[dict]:
     return [i.model_dump() for i in report.items]
 
 
-@flow(name="precheck", description="Connectivity and precheck items; writes nothing.")
+@spec_flow(name="precheck", description="Connectivity and precheck items; writes nothing.")
 def precheck(spec: MigrationSpec) -> PrecheckOutcome:
     return precheck_steps(spec)
 
@@ -152,7 +153,7 @@ def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
     return results
 
 
-@flow(name="migrate", description="Full (and incremental) migration of a MongoDB deployment.")
+@spec_flow(name="migrate", description="Full (and incremental) migration of a MongoDB deployment.")
 def migrate(spec: MigrationSpec) -> MigrationSummary:
     forget_loaded_blocks()  # endpoint blocks are loaded once per run (blocks/spec.py)
     try:

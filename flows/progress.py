@@ -119,11 +119,11 @@ class CopyProgress:
             description=f"Full copy: {len(self.plans)} collection{'' if len(self.plans) == 1 else 's'}, "
             f"about {total:,} documents",
         )
-        biggest = sorted(self.plans, key=lambda ns: -self.expected[ns])[:MAX_COLLECTION_BARS]
-        self.bars: dict[str, ProgressBar] = {
-            ns: ProgressBar(0.0, description=f"Full copy of {ns} -> {self.plans[ns].target_ns} "
-                            f"(about {self.expected[ns]:,} documents)")
-            for ns in biggest}
+        # a bar for each of the biggest collections, created at its first move: COLLECTION_BARS_EVERY_S
+        # into the copy, or at 100 when the collection is copied before then (a small migration's bars
+        # are then written once each, after its copy, not while it runs)
+        self.biggest = sorted(self.plans, key=lambda ns: -self.expected[ns])[:MAX_COLLECTION_BARS]
+        self.bars: dict[str, ProgressBar] = {}
 
     def range_finished(self, source_ns: str) -> None:
         self.remaining[source_ns] -= 1
@@ -145,10 +145,15 @@ class CopyProgress:
         snapshot = self.snapshot()
         now = time.monotonic()
         bars_due = now - self._bars_moved >= COLLECTION_BARS_EVERY_S
-        for ns, bar in self.bars.items():
+        for ns in self.biggest:
             percent = round(self._percent([ns]), 1)
-            if bars_due or percent == 100.0:
-                bar.move(percent)
+            if not (bars_due or percent == 100.0):
+                continue
+            if ns in self.bars:
+                self.bars[ns].move(percent)
+            else:
+                self.bars[ns] = ProgressBar(percent, description=f"Full copy of {ns} -> {self.plans[ns].target_ns} "
+                                            f"(about {self.expected[ns]:,} documents)")
         if bars_due:
             self._bars_moved = now
         finished = all(c.finished for c in snapshot.collections)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow, unmapped
+from prefect import unmapped
 from pydantic import BaseModel, computed_field
 
 from mongo_migrate.blocks.errors import VerificationUnavailable
 from mongo_migrate.blocks.spec import MigrationSpec, forget_loaded_blocks
 from mongo_migrate.flows import artifacts
 from mongo_migrate.flows.runners import range_runner
+from mongo_migrate.flows.spec_flow import spec_flow
 from mongo_migrate.tasks.connect import check_connectivity_task
 from mongo_migrate.tasks.copy import CopyStats
 from mongo_migrate.tasks.namespaces import MigrationPlan, plan_namespaces_task
@@ -74,8 +75,8 @@ def verification_text(report: VerificationReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="verify", description="Compare the destination with the source: counts, document bytes, "
-      "options, indexes, views.")
+@spec_flow(name="verify", description="Compare the destination with the source: counts, document bytes, "
+           "options, indexes, views.")
 def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
            recheck_delay_s: float = RECHECK_DELAY_S) -> VerificationReport:
     forget_loaded_blocks()  # endpoint blocks are loaded once per run (blocks/spec.py)
