@@ -2,6 +2,7 @@
 and index specs."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from pydantic import BaseModel
@@ -42,36 +43,43 @@ class SourceInventory(BaseModel):
 
 
 def read_source_inventory(spec: MigrationSpec, plan: MigrationPlan) -> SourceInventory:
-    """Size, document count and index specs of every selected collection (views have none)."""
+    """Size, document count and index specs of every selected collection (views have none), read
+    `parallel_workers` collections at a time: a `$collStats` costs the server 20-40 ms, and the
+    precheck's later items wait for all of them."""
     client = open_client(spec.source.resolve())
     facts = []
-    try:
-        for p in plan.data_plans:
-            coll = client[p.source_db][p.source_name]
-            docs = data = index = 0
-            try:
-                stats = list(coll.aggregate([{"$collStats": {"storageStats": {}}}]))  # one per shard
-            except OperationFailure as exc:
-                if exc.code in (NAMESPACE_NOT_FOUND, COMMAND_NOT_SUPPORTED_ON_VIEW) or (
-                        # 4.2 says so with code 40280 ("Unable to retrieve storageStats in $collStats
-                        # stage: Collection [db.c] not found."): a rerun's precheck on a 4.2 source
-                        # under DDL failed on a collection dropped after the listing
-                        exc.code == COLLSTATS_NOT_FOUND_42 and "not found" in str(exc)):
-                    # dropped (or replaced by a view) since the plan listed it: a live source does
-                    # that; there is nothing to size, and the sync replays the drop
-                    continue
-                raise
-            for s in stats:
-                st = s.get("storageStats", {})
-                docs += int(st.get("count") or 0)
-                data += int(st.get("size") or 0)
-                index += int(st.get("totalIndexSize") or 0)
-            indexes = [{k: v for k, v in ix.items() if k != "ns"} for ix in coll.list_indexes()]
-            facts.append(CollectionFacts(plan=p, docs=docs, data_bytes=data, index_bytes=index,
-                                         indexes_ejson=to_ejson(indexes)))
-    except PyMongoError as exc:
-        return SourceInventory(collections=facts, error=source_read_problem(exc))
+    with ThreadPoolExecutor(max_workers=spec.copy_options.parallel_workers) as pool:
+        try:
+            for found in pool.map(lambda p: _collection_facts(client, p), plan.data_plans):
+                if found is not None:
+                    facts.append(found)
+        except PyMongoError as exc:
+            return SourceInventory(collections=facts, error=source_read_problem(exc))
     return SourceInventory(collections=facts)
+
+
+def _collection_facts(client, p: CollectionPlan) -> CollectionFacts | None:
+    coll = client[p.source_db][p.source_name]
+    docs = data = index = 0
+    try:
+        stats = list(coll.aggregate([{"$collStats": {"storageStats": {}}}]))  # one per shard
+    except OperationFailure as exc:
+        if exc.code in (NAMESPACE_NOT_FOUND, COMMAND_NOT_SUPPORTED_ON_VIEW) or (
+                # 4.2 says so with code 40280 ("Unable to retrieve storageStats in $collStats
+                # stage: Collection [db.c] not found."): a rerun's precheck on a 4.2 source
+                # under DDL failed on a collection dropped after the listing
+                exc.code == COLLSTATS_NOT_FOUND_42 and "not found" in str(exc)):
+            # dropped (or replaced by a view) since the plan listed it: a live source does
+            # that; there is nothing to size, and the sync replays the drop
+            return None
+        raise
+    for s in stats:
+        st = s.get("storageStats", {})
+        docs += int(st.get("count") or 0)
+        data += int(st.get("size") or 0)
+        index += int(st.get("totalIndexSize") or 0)
+    indexes = [{k: v for k, v in ix.items() if k != "ns"} for ix in coll.list_indexes()]
+    return CollectionFacts(plan=p, docs=docs, data_bytes=data, index_bytes=index, indexes_ejson=to_ejson(indexes))
 
 
 def inventory_unreadable(name: str, inventory: SourceInventory) -> CheckResult:
