@@ -59,8 +59,8 @@ class MigrationSummary(BaseModel):
     seconds: float
     copy_seconds: float
     index_seconds: float
-    # wall seconds of each step, in the order they ran: precheck, prepare (run record, collections),
-    # copy, indexes, sync, verify
+    # wall seconds of each step, in the order they ran: precheck, prepare (the run's record), copy (the
+    # targets created and ranges cut, then copied), indexes, sync, verify
     phases: dict[str, float] = {}
     counts_match: bool
     sync: SyncReport | None = None  # incremental: the sync and its cutover
@@ -97,17 +97,22 @@ def precheck_steps(spec: MigrationSpec) -> PrecheckOutcome:
     return PrecheckOutcome(report=report, plan=plan)
 
 
-def full_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyStats]:
+def full_copy(spec: MigrationSpec, plans: list[CollectionPlan], targets_created: list | None = None) -> list[CopyStats]:
     """Copy every selected collection, big ones range by range, `parallel_workers` ranges at once.
 
     The ranges are tasks of the calling flow run, on the task runner of copy_options.runner (a thread
     pool sized by the spec, or Dask workers: flows/runners.py). (A subflow would do the sizing too, but
     costs seconds per run: its tracking task run is a write that a local SQLite server often answers 503
     "database is locked", and the client retries it after 2 s; its heartbeat thread takes up to another
-    second to stop.)"""
+    second to stop.)
+
+    `targets_created`: the futures of the target collections' creation, which the ranges are cut
+    beside (cutting reads the source only) and the copy waits for."""
     with range_runner(spec) as runner:
         splits = runner.map(split_collection_task, {"spec": unmapped(spec), "plan": plans})
         ranges = [r for f in splits for r in f.result()]
+        for created in targets_created or []:
+            created.result()
         # biggest first, so that the last workers to finish are not stuck with a giant
         ranges.sort(key=lambda r: -r.estimated_docs)
         futures = runner.map(copy_collection_range_task, {"spec": unmapped(spec), "rng": ranges})
@@ -185,9 +190,6 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
         # before the copy reads anything: every write from here on is in the change stream
         save_start_point_task(spec, run.resumed)
 
-    data_plans = plan.data_plans
-    for fut in create_target_collection_task.map(unmapped(spec), data_plans):
-        fut.result()
     phases.lap("prepare")
 
     with ExitStack() as keep:
@@ -204,7 +206,9 @@ def copy_to_verification(spec: MigrationSpec, outcome: PrecheckOutcome, run, pla
                          phases: PhaseClock) -> MigrationSummary:
     """migrate_steps from the full copy on."""
     data_plans = plan.data_plans
-    stats = full_copy(spec, data_plans)
+    # the targets (with their options) are created while the copy cuts its ranges
+    targets_created = create_target_collection_task.map(unmapped(spec), data_plans)
+    stats = full_copy(spec, data_plans, targets_created)
     phases.lap("copy")
 
     # incremental: unique indexes are built without `unique` and made unique at cutover, once the
