@@ -15,6 +15,10 @@ the same run, --rounds times each onto an empty destination, in turn:
 `prefect server start` running beside, as a Prefect user has) or both. Prints medians, and the
 whole command's throughput over the ceiling's (target >= 0.6, peak RSS < 400 MB).
 
+--prefect-floor times, in each round, a flow run of one task in a process of its own that starts and
+ends as the command does: Prefect's fixed cost on this machine at that moment, printed beside the
+command's time.
+
 --skew measures a second layout after the even one, in the same run: the same number of documents
 with 90% of them in one collection (its ranges, range_docs each, spread over the workers), and prints
 its docs/s over the even layout's (target: within 10%).
@@ -48,6 +52,35 @@ from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
 from mongo_migrate.sandbox.sample_data import encoded_documents  # noqa: E402
 from mongo_migrate.tasks.common import RAW  # noqa: E402
 from mongo_migrate.tasks.copy import insert_raw_stream  # noqa: E402
+
+
+# Prefect's own fixed cost, measured beside the command: a flow run of one task, in a process that
+# imports Prefect, runs the flow and ends as `mongo-migrate run` does (its heartbeat thread not waited
+# for, then the exit handlers and no interpreter teardown)
+PREFECT_FLOOR = """
+import atexit, os, sys
+atexit.register(os._exit, 0)  # first registered, so it runs last: after Prefect's exit handlers
+
+from prefect import flow, task
+from mongo_migrate.flows.cli import _heartbeat_not_awaited
+
+@task
+def one_step() -> int:
+    return 1
+
+@flow
+def bare() -> int:
+    return one_step()
+
+_heartbeat_not_awaited()
+bare()
+"""
+
+
+def prefect_floor(env: dict) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", PREFECT_FLOOR], env=env, check=True, capture_output=True)
+    return time.perf_counter() - t
 
 
 def batches(n: int, start: int, doc_bytes: int, per_batch: int):
@@ -115,6 +148,8 @@ def main() -> None:
                     help="copy_options.range_docs of the migration (default: the spec's default)")
     ap.add_argument("--runner", choices=["threads", "dask"], default="threads",
                     help="dask: also the migration on a Dask LocalCluster of --workers processes, beside the threads")
+    ap.add_argument("--prefect-floor", action="store_true",
+                    help="also time a one-task Prefect flow run in a process of its own (Prefect's fixed cost)")
     ap.add_argument("--skew", action="store_true",
                     help="also 90%% of the documents in one collection (the same total), beside the even run")
     args = data_set(ap.parse_args())
@@ -185,6 +220,7 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
     # a measure's name: the Prefect mode, and ", dask" for the Dask runner
     runs = {(m if r == "threads" else f"{m}, {r}"): (m, path) for m in modes for r, path in spec_paths.items()}
     rows: dict[str, list] = {"ceiling": []} | {name: [] for name in runs}
+    floors: dict[str, list[float]] = {mode: [] for mode in modes}
     for r in range(args.rounds):
         insert_s, index_s = ceiling(src, dst, args.colls, args.workers)
         rows["ceiling"].append((insert_s + index_s, insert_s, index_s))
@@ -201,6 +237,11 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
                   f"{wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB")
             dc.drop_database("bench")
             dc.drop_database("mongo_migrate_meta")
+        if args.prefect_floor:
+            for mode in modes:
+                env = dict(base_env) | ({"PREFECT_API_URL": server[1]} if mode == "server" else {})
+                floors[mode].append(prefect_floor(env))
+                print(f"round {r + 1}: Prefect floor, {mode}: {floors[mode][-1]:.1f}s (a one-task flow run)")
 
     ceil_s = statistics.median(c[0] for c in rows["ceiling"])
     print(f"\nmedians of {args.rounds} round(s), {total_docs:,} documents, {data_mb:,.0f} MB")
@@ -219,6 +260,9 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
               f"{ceil_s / wall:>12.2f}{peak:>13.0f}")
         print("    steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
               + f"; outside the flow {wall - statistics.median(s['seconds'] for _, s, _ in rows[mode]):.1f}s")
+        if floors.get(mode):
+            floor = statistics.median(floors[mode])
+            print(f"    a one-task Prefect flow run alone: {floor:.1f}s; the command above it {wall - floor:.1f}s")
         dask = ", dask" if mode.endswith(", dask") else ""
         rates["copy + indexes" + dask] = total_docs / copy_s
         rates[f"whole command, {mode}"] = total_docs / wall

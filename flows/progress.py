@@ -119,9 +119,9 @@ class CopyProgress:
             description=f"Full copy: {len(self.plans)} collection{'' if len(self.plans) == 1 else 's'}, "
             f"about {total:,} documents",
         )
-        # a bar for each of the biggest collections, created at its first move: COLLECTION_BARS_EVERY_S
-        # into the copy, or at 100 when the collection is copied before then (a small migration's bars
-        # are then written once each, after its copy, not while it runs)
+        # a bar for each of the biggest collections still being copied COLLECTION_BARS_EVERY_S into the
+        # copy (there is nothing to watch in one copied sooner: the summary and the overall bar have
+        # it); each bar is an API write that a small migration's run would wait for at its end
         self.biggest = sorted(self.plans, key=lambda ns: -self.expected[ns])[:MAX_COLLECTION_BARS]
         self.bars: dict[str, ProgressBar] = {}
 
@@ -147,11 +147,10 @@ class CopyProgress:
         bars_due = now - self._bars_moved >= COLLECTION_BARS_EVERY_S
         for ns in self.biggest:
             percent = round(self._percent([ns]), 1)
-            if not (bars_due or percent == 100.0):
-                continue
             if ns in self.bars:
-                self.bars[ns].move(percent)
-            else:
+                if bars_due or percent == 100.0:
+                    self.bars[ns].move(percent)
+            elif bars_due and percent < 100.0:
                 self.bars[ns] = ProgressBar(percent, description=f"Full copy of {ns} -> {self.plans[ns].target_ns} "
                                             f"(about {self.expected[ns]:,} documents)")
         if bars_due:
