@@ -28,6 +28,7 @@ class SpecFlow(Flow):
                 serialized[k] = v
         return {k: serialized[k] for k in parameters if k in serialized}  # in the signature's order
 
+
 def spec_flow(**options: Any):
     """`@spec_flow(name=..., description=...)` where `@flow(...)` would be."""
     return lambda fn: SpecFlow(fn, **options)
