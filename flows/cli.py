@@ -172,7 +172,8 @@ def _run(args) -> int:
         return EXIT_BAD_INPUT
     _set_up_logging(args)
     if not args.verbose:
-        from mongo_migrate.flows.terminal import log_file_for, send_info_to_file
+        from mongo_migrate.flows.log_files import log_file_for
+        from mongo_migrate.flows.terminal import send_info_to_file
 
         log_path = log_file_for(args.command)
         send_info_to_file(log_path)

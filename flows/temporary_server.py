@@ -54,9 +54,9 @@ class TemporaryServer:
         """The server's own output goes to a file beside the command's logs (flows/terminal.py), not to
         the terminal: stopped as the command exits, it may print the traceback of a write it was in the
         middle of (its task-run recorder's), which is Prefect's business, not the user's."""
-        folder = Path(os.environ.get("MONGO_MIGRATE_LOG_DIR") or Path.home() / ".cache" / "mongo-migrate" / "logs")
-        folder.expanduser().mkdir(parents=True, exist_ok=True)
-        self.log_path = folder.expanduser() / f"temporary-prefect-server-{os.getpid()}.log"
+        from mongo_migrate.flows.log_files import log_folder
+
+        self.log_path = log_folder() / f"temporary-prefect-server-{os.getpid()}.log"
         return open(self.log_path, "wb")
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:

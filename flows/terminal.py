@@ -10,26 +10,16 @@ artifacts (flows/progress.py), heard in this process.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 from mongo_migrate.flows.progress import CopySnapshot, format_duration
 
 MAX_BARS = 8
 PLAIN_EVERY_S = 5.0
-LOG_DIR_ENV = "MONGO_MIGRATE_LOG_DIR"
-
-
-def log_file_for(command: str) -> Path:
-    """$MONGO_MIGRATE_LOG_DIR (else ~/.cache/mongo-migrate/logs) / <command>-<local time>.log"""
-    folder = Path(os.environ.get(LOG_DIR_ENV) or Path.home() / ".cache" / "mongo-migrate" / "logs").expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{command}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
 
 
 def send_info_to_file(path: Path) -> None:
