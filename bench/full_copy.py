@@ -58,7 +58,7 @@ from mongo_migrate.tasks.copy import insert_raw_stream  # noqa: E402
 # imports Prefect, runs the flow and ends as `mongo-migrate run` does (its heartbeat thread not waited
 # for, then the exit handlers and no interpreter teardown)
 PREFECT_FLOOR = """
-import atexit, os, sys
+import atexit, os
 atexit.register(os._exit, 0)  # first registered, so it runs last: after Prefect's exit handlers
 
 from prefect import flow, task

@@ -51,7 +51,7 @@ class TemporaryServer:
         atexit.register(self.stop)
 
     def _log(self):
-        """The server's own output goes to a file beside the command's logs (flows/terminal.py), not to
+        """The server's own output goes to a file beside the command's logs (flows/log_files.py), not to
         the terminal: stopped as the command exits, it may print the traceback of a write it was in the
         middle of (its task-run recorder's), which is Prefect's business, not the user's."""
         from mongo_migrate.flows.log_files import log_folder
