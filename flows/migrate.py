@@ -97,7 +97,7 @@ def precheck_steps(spec: MigrationSpec) -> PrecheckOutcome:
     return PrecheckOutcome(report=report, plan=plan)
 
 
-def full_copy(spec: MigrationSpec, plans: list[CollectionPlan], targets_created: list | None = None) -> list[CopyStats]:
+def full_copy(spec: MigrationSpec, plans: list[CollectionPlan], targets_created: list) -> list[CopyStats]:
     """Copy every selected collection, big ones range by range, `parallel_workers` ranges at once.
 
     The ranges are tasks of the calling flow run, on the task runner of copy_options.runner (a thread
@@ -111,7 +111,7 @@ def full_copy(spec: MigrationSpec, plans: list[CollectionPlan], targets_created:
     with range_runner(spec) as runner:
         splits = runner.map(split_collection_task, {"spec": unmapped(spec), "plan": plans})
         ranges = [r for f in splits for r in f.result()]
-        for created in targets_created or []:
+        for created in targets_created:
             created.result()
         # biggest first, so that the last workers to finish are not stuck with a giant
         ranges.sort(key=lambda r: -r.estimated_docs)
