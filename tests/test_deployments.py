@@ -123,14 +123,16 @@ def _watch_progress(served, stop: threading.Event, seen: list[float]) -> None:
 
 def test_cli_run_with_parameters_completes_and_progress_moves(served, src_client, dst_client,
                                                              source, dest):
-    # tiny batches, one worker: 5,000 round trips take several seconds, enough to see the bars move
+    # one worker under a load cap of 1,250 docs/s: the copy lasts about 16 s, so the overall bar is seen
+    # moving and both collections are still being copied at the 10 s tick that gives each its own bar
+    # (biggest first: the customers wait behind the orders)
     src_client.shop.orders.insert_many([{"_id": i, "item": f"sku-{i % 97}", "qty": i % 7}
                                         for i in range(20_000)])
     src_client.shop.customers.insert_many([{"name": f"c{i}"} for i in range(100)])
     spec = {
         "source": {"uri": source.admin_uri()}, "destination": {"uri": dest.admin_uri()},
         "objects": [{"database": "shop"}], "name_mapping": {"shop": "shop_cli"},
-        "copy_options": {"parallel_workers": 1, "batch_docs": 4},
+        "copy_options": {"parallel_workers": 1, "batch_docs": 100}, "throttle": {"docs_per_s": 1250},
     }
     done = served.prefect("deployment", "run", "migrate/on-demand", "--params", params_json(spec))
     assert done.returncode == 0, done.stderr + done.stdout
