@@ -8,7 +8,7 @@ import sys
 
 from prefect import Flow
 
-from mongo_migrate.blocks.spec import parse_spec
+from mongo_migrate.blocks.spec import MigrationSpec, parse_spec
 from mongo_migrate.flows.migrate import migrate
 from mongo_migrate.flows.verify import verify
 from mongo_migrate.tasks.namespaces import CollectionPlan, MigrationPlan
@@ -50,3 +50,22 @@ def test_a_run_of_the_command_does_not_import_fastapi_to_store_them():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_the_parameter_schema_is_built_when_read_and_is_prefects():
+    from prefect.utilities.callables import parameter_schema
+
+    from mongo_migrate.flows.spec_flow import _LATER, spec_flow
+
+    def sample(spec: MigrationSpec, recheck_delay_s: float = 5.0) -> None:
+        """A flow taking the spec."""
+
+    built = spec_flow(name="sample")(sample)
+    assert built._parameters is _LATER  # not built by the constructor
+    assert built.parameters == parameter_schema(sample)  # what Flow.__init__ would have stored
+    assert built.parameters.model_dump()["required"] == ["spec"]
+    assert migrate.parameters == parameter_schema(migrate.fn)
+    # a plain flow made meanwhile is untouched, and the constructor leaves Prefect's function in place
+    import prefect.flows
+    assert prefect.flows.parameter_schema is parameter_schema
+    assert Flow(sample, name="plain").parameters == parameter_schema(sample)
