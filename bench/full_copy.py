@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
-from measure import (add_data_set_args, data_set, prefect_server,  # noqa: E402  (bench/ is the script's directory)
-                     run_cli_json)
+from measure import (add_data_set_args, compile_project, data_set,  # noqa: E402  (bench/ is the script's directory)
+                     prefect_server, run_cli_json)
 
 from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
 from mongo_migrate.sandbox.sample_data import encoded_documents  # noqa: E402
@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--skew", action="store_true",
                     help="also 90%% of the documents in one collection (the same total), beside the even run")
     args = data_set(ap.parse_args())
+    compile_project()
     colls, total_docs = args.colls, args.total
     modes = ["temporary", "server"] if args.prefect == "both" else [args.prefect]
     layouts = ["even", "skew"] if args.skew else ["even"]
