@@ -23,18 +23,18 @@ from prefect.utilities.callables import parameter_schema
 from pydantic import BaseModel
 
 _SCALARS = (str, int, float, bool, type(None))
-_LATER = object()  # the parameter schema, not built yet
 _constructing = threading.Lock()
 
 
 class SpecFlow(Flow):
     def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
-        # Flow.__init__ calls prefect.flows.parameter_schema(fn); for this fn it answers "later"
+        # Flow.__init__ calls prefect.flows.parameter_schema(fn); for this fn it answers None, "not built
+        # yet" (a schema is never None; None also survives a pickled flow, where a sentinel object would not)
         with _constructing:
             prefect_schema = prefect.flows.parameter_schema
 
             def schema_later(f: Callable[..., Any]) -> Any:
-                return _LATER if f is fn else prefect_schema(f)
+                return None if f is fn else prefect_schema(f)
 
             prefect.flows.parameter_schema = schema_later
             try:
@@ -44,7 +44,7 @@ class SpecFlow(Flow):
 
     @property
     def parameters(self) -> Any:
-        if self._parameters is _LATER:
+        if self._parameters is None:
             self._parameters = parameter_schema(self.fn)
         return self._parameters
 

@@ -1,11 +1,13 @@
 """flows/spec_flow.py: the flows taking the spec store their parameters as Prefect's own serializer
-(FastAPI's jsonable_encoder) would, without importing FastAPI for it."""
+(FastAPI's jsonable_encoder) would, without importing FastAPI for it, and build their parameter schema
+only when it is read."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
+import cloudpickle
 from prefect import Flow
 
 from mongo_migrate.blocks.spec import MigrationSpec, parse_spec
@@ -55,16 +57,17 @@ def test_a_run_of_the_command_does_not_import_fastapi_to_store_them():
 def test_the_parameter_schema_is_built_when_read_and_is_prefects():
     from prefect.utilities.callables import parameter_schema
 
-    from mongo_migrate.flows.spec_flow import _LATER, spec_flow
+    from mongo_migrate.flows.spec_flow import spec_flow
 
     def sample(spec: MigrationSpec, recheck_delay_s: float = 5.0) -> None:
         """A flow taking the spec."""
 
     built = spec_flow(name="sample")(sample)
-    assert built._parameters is _LATER  # not built by the constructor
+    assert built._parameters is None  # not built by the constructor
     assert built.parameters == parameter_schema(sample)  # what Flow.__init__ would have stored
     assert built.parameters.model_dump()["required"] == ["spec"]
     assert migrate.parameters == parameter_schema(migrate.fn)
+    assert cloudpickle.loads(cloudpickle.dumps(built)).parameters == parameter_schema(sample)
     # a plain flow made meanwhile is untouched, and the constructor leaves Prefect's function in place
     import prefect.flows
     assert prefect.flows.parameter_schema is parameter_schema
