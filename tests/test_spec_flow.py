@@ -68,7 +68,7 @@ def test_the_parameter_schema_is_built_when_read_and_is_prefects():
     assert built.parameters.model_dump()["required"] == ["spec"]
     assert migrate.parameters == parameter_schema(migrate.fn)
     assert cloudpickle.loads(cloudpickle.dumps(built)).parameters == parameter_schema(sample)
-    # a plain flow made meanwhile is untouched, and the constructor leaves Prefect's function in place
+    # the constructor leaves Prefect's function in place: a plain flow still builds its schema at once
     import prefect.flows
     assert prefect.flows.parameter_schema is parameter_schema
     assert Flow(sample, name="plain").parameters == parameter_schema(sample)
