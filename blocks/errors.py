@@ -43,6 +43,10 @@ class PrecheckFailed(BadInput):
         names = ", ".join(f"{i.name} ({i.detail})" for i in report.failed)
         super().__init__(f"precheck failed: {names}")
 
+    def __reduce__(self):
+        # pickled where a failed state's exception is persisted (results stored by the Prefect settings)
+        return type(self), (self.report,)
+
 
 class VerificationUnavailable(BadInput):
     """Verification could not start (an endpoint unreachable, a selected object missing)."""
@@ -86,12 +90,16 @@ class OplogWindowExceeded(MigrationFailed):
     """The sync's position left the source's oplog: only a new full migration can continue."""
 
     def __init__(self, detail: str = "") -> None:
+        self.detail = detail
         super().__init__(
             "the sync position is no longer in the source's oplog (the oplog window was exceeded"
             + (f": {detail}" if detail else "")
             + "); run the full migration again (drop the target collections or set "
             "copy_options.drop_existing_targets: true) and give the source a bigger oplog"
         )
+
+    def __reduce__(self):
+        return type(self), (self.detail,)
 
 
 class UniqueConversionFailed(MigrationFailed):
