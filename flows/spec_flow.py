@@ -9,8 +9,9 @@ anything else goes to Prefect's own serializer.
 
 Prefect's `Flow.__init__` also builds the JSON schema of the flow's parameters at once, which for the
 spec is pydantic walking the whole MigrationSpec: 0.13 s (quiet) to 0.5 s (loaded) of every command's
-start here for the four spec flows, for a schema no run reads (a deployment builds its own, `RunnerDeployment.from_flow`). These
-flows build it when `flow.parameters` is first read, the same schema (tests/test_spec_flow.py).
+start here for the four spec flows, for a schema no run reads (a deployment builds its own,
+`RunnerDeployment.from_flow`). These flows build it when `flow.parameters` is first read, the same
+schema (tests/test_spec_flow.py).
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ def test_writes_behind_fold_and_are_all_there_at_the_end(prefect_api, monkeypatc
     calls: list[str] = []
     for name in ("create_progress_artifact", "update_progress_artifact"):
         real = getattr(artifacts, name)
-        monkeypatch.setattr(artifacts, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
+        monkeypatch.setattr(artifacts, name,
+                            lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
     api_free = threading.Event()
 
     @flow
