@@ -1,0 +1,34 @@
+"""flows/log_files.py: the log folder keeps what is recent and what is not its own."""
+from __future__ import annotations
+
+import os
+import time
+
+from mongo_migrate.flows.log_files import KEEP_DAYS_ENV, LOG_DIR_ENV, log_file_for
+
+
+def _aged(path, days: float) -> None:
+    path.write_text("a log line\n")
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
+
+
+def test_logs_unwritten_for_the_keep_days_are_removed_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setenv(LOG_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(KEEP_DAYS_ENV, raising=False)
+    old_run, old_server = tmp_path / "run-20261001-101500-4242.log", tmp_path / "temporary-prefect-server-4242.log"
+    recent, foreign = tmp_path / "verify-20261120-090000-77.log", tmp_path / "app-server.log"
+    for path, days in ((old_run, 31), (old_server, 45), (recent, 29), (foreign, 400)):
+        _aged(path, days)
+    new = log_file_for("run")
+    assert new.parent == tmp_path and new.name.startswith("run-") and new.name.endswith(f"-{os.getpid()}.log")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [foreign.name, recent.name]
+
+    monkeypatch.setenv(KEEP_DAYS_ENV, "7")
+    log_file_for("verify")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [foreign.name]
+
+    monkeypatch.setenv(KEEP_DAYS_ENV, "0")  # keep everything
+    _aged(old_run, 3650)
+    log_file_for("precheck")
+    assert old_run.exists()
