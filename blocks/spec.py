@@ -57,14 +57,17 @@ def collection_name_problem(name: str) -> str | None:
 # and a Prefect API that is down for a minute must not stop it (the databases are all it needs).
 # Only plain connection settings are kept, in this process's memory: nothing Prefect stores.
 _loaded_blocks: dict[str, MongoConnection] = {}
+# SlackNotifier blocks likewise: a delay alarm or a failure is told while the Prefect API is away
+_loaded_notifiers: dict[str, SlackNotifier] = {}
 _loaded_blocks_lock = threading.Lock()
 
 
 def forget_loaded_blocks() -> None:
-    """Load MongoEndpoint blocks afresh: called as a run starts, so an edited block (a rotated
-    password) takes effect at the next run, and a resumed run, of the same spec."""
+    """Load MongoEndpoint and SlackNotifier blocks afresh: called as a run starts, so an edited block
+    (a rotated password, another webhook) takes effect at the next run, and a resumed run, of the spec."""
     with _loaded_blocks_lock:
         _loaded_blocks.clear()
+        _loaded_notifiers.clear()
 
 
 class EndpointSpec(MongoConnection):
@@ -498,10 +501,16 @@ class SlackSettings(BaseModel):
         from mongo_migrate.blocks.slack import SlackNotifier
 
         if self.block:
-            try:
-                return SlackNotifier.load(self.block)
-            except ValueError as exc:
-                raise SpecError(f"SlackNotifier block {self.block!r} not found: save it first") from exc
+            with _loaded_blocks_lock:
+                notifier = _loaded_notifiers.get(self.block)
+            if notifier is None:
+                try:
+                    notifier = SlackNotifier.load(self.block)
+                except ValueError as exc:
+                    raise SpecError(f"SlackNotifier block {self.block!r} not found: save it first") from exc
+                with _loaded_blocks_lock:
+                    notifier = _loaded_notifiers.setdefault(self.block, notifier)
+            return notifier
         return SlackNotifier(webhook_url=self.webhook_url)
 
 

@@ -76,6 +76,7 @@ def precheck_table(report: PrecheckReport) -> list[dict]:
 
 @spec_flow(name="precheck", description="Connectivity and precheck items; writes nothing.")
 def precheck(spec: MigrationSpec) -> PrecheckOutcome:
+    forget_loaded_blocks()  # endpoint and Slack blocks are loaded once per run (blocks/spec.py)
     return precheck_steps(spec)
 
 
@@ -160,7 +161,7 @@ def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
 
 @spec_flow(name="migrate", description="Full (and incremental) migration of a MongoDB deployment.")
 def migrate(spec: MigrationSpec) -> MigrationSummary:
-    forget_loaded_blocks()  # endpoint blocks are loaded once per run (blocks/spec.py)
+    forget_loaded_blocks()  # endpoint and Slack blocks are loaded once per run (blocks/spec.py)
     try:
         with artifacts.artifacts_written_behind():  # all written when the run ends (flows/artifacts.py)
             summary = migrate_steps(spec)

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import time
+from urllib.parse import urlsplit
 
 import pytest
 from prefect import get_client
@@ -140,6 +141,24 @@ def test_events_are_switchable_but_a_failed_precheck_is_always_sent(quiet_block,
     # without a Prefect UI URL the message says so instead of linking
     assert button_urls(message) == ["http://ui/runs/flow-run/1"]
 
+
+
+def test_a_slack_block_is_loaded_once_per_run_and_afresh_at_the_next(slack):
+    """Loaded once per run like the endpoint blocks, so that a delay alarm or a failure is still told
+    while the Prefect API is away; an edited block (another webhook) is used from the next run on."""
+    from mongo_migrate.blocks.spec import forget_loaded_blocks
+
+    SlackNotifier(webhook_url=slack.webhook_url).save("run-slack", overwrite=True)
+    spec = parse_spec({"source": {"uri": "mongodb://a"}, "destination": {"uri": "mongodb://b"},
+                       "notifications": {"slack": {"block": "run-slack"}}})
+    forget_loaded_blocks()  # as a run starts
+    assert notify_migration_failed(spec, "first", None) is True
+    SlackNotifier(webhook_url=slack.webhook_url + "/edited").save("run-slack", overwrite=True)
+    assert notify_migration_failed(spec, "second, same run", None) is True
+    forget_loaded_blocks()  # the next run
+    assert notify_migration_failed(spec, "third, next run", None) is True
+    first = urlsplit(slack.webhook_url).path
+    assert [r.path for r in slack.received] == [first, first, first + "/edited"]
 
 def test_bot_token_posts_through_the_web_api(slack):
     SlackNotifier(bot_token="xoxb-test-token", channel="#migrations",
