@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ KEEP_DAYS_ENV = "MONGO_MIGRATE_LOG_KEEP_DAYS"
 KEEP_DAYS = 30
 # <command>-<local time>-<pid>.log (log_file_for) and the temporary server's
 _OURS = re.compile(r"([a-z]+-\d{8}-\d{6}-\d+|temporary-prefect-server-\d+)\.log")
+_warned = False  # about a bad MONGO_MIGRATE_LOG_KEEP_DAYS, once per process
 
 
 def log_folder() -> Path:
@@ -29,9 +31,15 @@ def log_folder() -> Path:
 
 
 def _remove_old_logs(folder: Path) -> None:
+    global _warned
+    value = os.environ.get(KEEP_DAYS_ENV) or str(KEEP_DAYS)
     try:
-        days = float(os.environ.get(KEEP_DAYS_ENV) or KEEP_DAYS)
+        days = float(value)
     except ValueError:
+        if not _warned:
+            _warned = True
+            print(f"mongo-migrate: {KEEP_DAYS_ENV}={value!r} is not a number of days; log files are kept "
+                  f"{KEEP_DAYS} days", file=sys.stderr)
         days = KEEP_DAYS
     if days <= 0:
         return

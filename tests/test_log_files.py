@@ -13,7 +13,7 @@ def _aged(path, days: float) -> None:
     os.utime(path, (then, then))
 
 
-def test_logs_unwritten_for_the_keep_days_are_removed_and_nothing_else(tmp_path, monkeypatch):
+def test_logs_unwritten_for_the_keep_days_are_removed_and_nothing_else(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(LOG_DIR_ENV, str(tmp_path))
     monkeypatch.delenv(KEEP_DAYS_ENV, raising=False)
     old_run, old_server = tmp_path / "run-20261001-101500-4242.log", tmp_path / "temporary-prefect-server-4242.log"
@@ -27,6 +27,14 @@ def test_logs_unwritten_for_the_keep_days_are_removed_and_nothing_else(tmp_path,
     monkeypatch.setenv(KEEP_DAYS_ENV, "7")
     log_file_for("verify")
     assert sorted(p.name for p in tmp_path.iterdir()) == [foreign.name]
+
+    monkeypatch.setenv(KEEP_DAYS_ENV, "a month")  # said once, and the default applies
+    _aged(old_run, 31)
+    log_file_for("run")
+    log_file_for("run")
+    assert not old_run.exists()
+    assert capsys.readouterr().err == ("mongo-migrate: MONGO_MIGRATE_LOG_KEEP_DAYS='a month' is not a number of "
+                                       "days; log files are kept 30 days\n")
 
     monkeypatch.setenv(KEEP_DAYS_ENV, "0")  # keep everything
     _aged(old_run, 3650)
