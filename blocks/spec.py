@@ -9,9 +9,10 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SecretStr, Tag, ValidationError,
                       field_validator, model_validator)
@@ -51,14 +52,13 @@ def collection_name_problem(name: str) -> str | None:
     return None
 
 
-# MongoEndpoint blocks loaded in this process, by block name: each is loaded from the Prefect API once
-# per run (forget_loaded_blocks() as a run starts), then never again. The sync resolves its endpoints
-# for every batch of changes; a load each time (~40 ms, more to a remote API) held it to ~30 changes/s,
-# and a Prefect API that is down for a minute must not stop it (the databases are all it needs).
-# Only plain connection settings are kept, in this process's memory: nothing Prefect stores.
-_loaded_blocks: dict[str, MongoConnection] = {}
-# SlackNotifier blocks likewise: a delay alarm or a failure is told while the Prefect API is away
-_loaded_notifiers: dict[str, SlackNotifier] = {}
+# MongoEndpoint and SlackNotifier blocks loaded in this process, by block type and name: each is loaded
+# from the Prefect API once per run (forget_loaded_blocks() as a run starts), then never again. The sync
+# resolves its endpoints for every batch of changes; a load each time (~40 ms, more to a remote API) held
+# it to ~30 changes/s, and a Prefect API that is down for a minute must not stop it (the databases are all
+# it needs), nor keep a delay alarm or a failure from reaching Slack. Kept in this process's memory only:
+# an endpoint as its plain connection settings, nothing Prefect stores.
+_loaded_blocks: dict[tuple[str, str], Any] = {}
 _loaded_blocks_lock = threading.Lock()
 
 
@@ -67,7 +67,21 @@ def forget_loaded_blocks() -> None:
     (a rotated password, another webhook) takes effect at the next run, and a resumed run, of the spec."""
     with _loaded_blocks_lock:
         _loaded_blocks.clear()
-        _loaded_notifiers.clear()
+
+
+def _loaded_block(block_class: type, name: str, keep: Callable[[Any], Any] = lambda block: block) -> Any:
+    """keep(the saved block `name`), loaded once per run (above); SpecError when no such block is saved."""
+    key = (block_class.__name__, name)
+    with _loaded_blocks_lock:
+        kept = _loaded_blocks.get(key)
+    if kept is None:
+        try:
+            kept = keep(block_class.load(name))
+        except ValueError as exc:
+            raise SpecError(f"{block_class.__name__} block {name!r} not found: save it first") from exc
+        with _loaded_blocks_lock:
+            kept = _loaded_blocks.setdefault(key, kept)
+    return kept
 
 
 class EndpointSpec(MongoConnection):
@@ -99,15 +113,7 @@ class EndpointSpec(MongoConnection):
     def resolve(self) -> MongoConnection:
         """Plain connection settings, with the block loaded and the environment read."""
         if self.block:
-            with _loaded_blocks_lock:
-                conn = _loaded_blocks.get(self.block)
-            if conn is None:
-                try:
-                    conn = MongoEndpoint.load(self.block).connection()
-                except ValueError as exc:
-                    raise SpecError(f"MongoEndpoint block {self.block!r} not found: save it first") from exc
-                with _loaded_blocks_lock:
-                    conn = _loaded_blocks.setdefault(self.block, conn)
+            conn = _loaded_block(MongoEndpoint, self.block, lambda endpoint: endpoint.connection())
         else:
             fields = {name: getattr(self, name) for name in MongoConnection.model_fields}
             conn = MongoConnection.model_validate(fields)
@@ -501,16 +507,7 @@ class SlackSettings(BaseModel):
         from mongo_migrate.blocks.slack import SlackNotifier
 
         if self.block:
-            with _loaded_blocks_lock:
-                notifier = _loaded_notifiers.get(self.block)
-            if notifier is None:
-                try:
-                    notifier = SlackNotifier.load(self.block)
-                except ValueError as exc:
-                    raise SpecError(f"SlackNotifier block {self.block!r} not found: save it first") from exc
-                with _loaded_blocks_lock:
-                    notifier = _loaded_notifiers.setdefault(self.block, notifier)
-            return notifier
+            return _loaded_block(SlackNotifier, self.block)
         return SlackNotifier(webhook_url=self.webhook_url)
 
 

@@ -79,7 +79,7 @@ def verification_text(report: VerificationReport) -> str:
            "options, indexes, views.")
 def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
            recheck_delay_s: float = RECHECK_DELAY_S) -> VerificationReport:
-    forget_loaded_blocks()  # endpoint blocks are loaded once per run (blocks/spec.py)
+    forget_loaded_blocks()  # endpoint and Slack blocks are loaded once per run (blocks/spec.py)
     if plan is None:
         endpoints = [check_connectivity_task.submit(spec.source, "source"),
                      check_connectivity_task.submit(spec.destination, "destination")]
