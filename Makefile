@@ -14,7 +14,7 @@ $(BIN)/python:
 # the project's modules are compiled as pip compiles a regular install's: an editable install's are
 # compiled on first import, and at every start where PYTHONDONTWRITEBYTECODE is set (Docker images and
 # this machine set it): 0.15-0.2 s of each command's start here
-PACKAGES := blocks tasks flows deployments sandbox  # as bench/measure.py PACKAGES
+PACKAGES := blocks tasks flows deployments sandbox  # pyproject.toml's package-dir (tests/test_packaging.py)
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	$(BIN)/python -m compileall -q $(PACKAGES)

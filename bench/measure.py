@@ -8,18 +8,20 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("blocks", "tasks", "flows", "deployments", "sandbox")
 
 
 def compile_project() -> None:
     """The project's modules compiled, as an install leaves them (`make install`; pip, for a regular
     install): a command timed here must not compile them at its start, as it would under
-    PYTHONDONTWRITEBYTECODE after an edit of the sources."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *PACKAGES], cwd=ROOT, check=True)
+    PYTHONDONTWRITEBYTECODE after an edit of the sources. The folders are pyproject.toml's."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        folders = tomllib.load(f)["tool"]["setuptools"]["package-dir"].values()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *folders], cwd=ROOT, check=True)
 
 
 def rss_mb(pid: int, field: str = "VmHWM") -> float:

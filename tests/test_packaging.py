@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -36,6 +37,14 @@ def test_the_wheel_holds_every_module_under_mongo_migrate_and_nothing_at_the_top
     assert expected <= set(names), f"left out of the wheel: {sorted(expected - set(names))}"
     entry_points = zipfile.ZipFile(wheel).read("mongo_migrate-0.1.0.dist-info/entry_points.txt").decode()
     assert "mongo-migrate = mongo_migrate.flows.cli:console_main" in entry_points
+
+
+def test_the_install_compiles_every_package_folder():
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        folders = list(tomllib.load(f)["tool"]["setuptools"]["package-dir"].values())
+    assert sorted(folders) == sorted(PACKAGES)
+    [line] = [x for x in (ROOT / "Makefile").read_text().splitlines() if x.startswith("PACKAGES :=")]
+    assert line.split(":=")[1].split("#")[0].split() == folders
 
 
 def test_the_installed_project_imports_its_own_modules_beside_another_tasks_package(wheel, tmp_path):
