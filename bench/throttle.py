@@ -11,8 +11,8 @@ of --batch-docs) onto an emptied destination, round after round, in turn:
   cap far up   a cap of 100 million docs/s, never reached: one find_one_and_update per batch that
                books a slot and never waits.
 
-Each round runs the three in another order. Prints the medians of --rounds rounds and each over "no limiter" (target for "no cap": within the noise,
-i.e. >= 0.97).
+Each round runs the three in another order. Prints the medians of --rounds rounds and each over
+"no limiter" (target for "no cap": within the noise, i.e. >= 0.97).
 """
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def describe_connection_error(exc: Exception, where: str) -> tuple[Cause, str]:
         if "dns" in low or "srv" in low and "resolve" in low:
             return "dns", f"{where}: the SRV/TXT host name does not resolve; check the host in the URI"
         # the driver's wording, without its closing period (which some releases add)
-        return "uri", f"{where}: malformed connection settings: {text.split(', full error')[0].split(',')[0].rstrip('.')}"
+        said = text.split(", full error")[0].split(",")[0].rstrip(".")
+        return "uri", f"{where}: malformed connection settings: {said}"
     if isinstance(exc, OperationFailure) and exc.code == 18:
         return "auth", f"{where}: authentication failed; check username, password and auth_source"
     if isinstance(exc, ServerSelectionTimeoutError):

@@ -6,7 +6,8 @@ index specs, and view definitions.
 
 In a full run the copy has hashed each range of the source as it read it, in `_id` order (tasks/copy.py),
 so the source's documents are not read again: the destination's range, read in the same order, must
-hash the same (a collection copied as one range is hashed by the destination server itself, `dbHash`), and the source's documents in the range are counted from its `_id` index alone (a
+hash the same (a collection copied as one range is hashed by the destination server itself,
+`dbHash`), and the source's documents in the range are counted from its `_id` index alone (a
 covered scan), which is independent of the copy and so catches a document the copy never read. A range
 where either differs, one the copy resumed or an earlier run finished, and every run of `verify` itself
 digest both sides as above.
@@ -188,7 +189,11 @@ def destination_collection_hash(spec: MigrationSpec, plan: CollectionPlan) -> st
     `_id` index, a user without the dbHash action): the range is then read as before.
 
     dbHash holds the target database's lock without yielding while it hashes, so it only runs where
-    nothing else writes: a full run's last step, before anyone is told the destination is ready."""
+    nothing else writes: a full run's last step, before anyone is told the destination is ready. (So
+    a collection cannot be hashed while others of its database are still copied or indexed: 6.0
+    refuses the snapshot read concern, which would take intent locks, for dbHash outside a
+    transaction, and a plain one held a write to another collection for the whole 0.9 s hash of
+    200,000 documents.)"""
     coll = plan.target_data_collection
     try:
         reply = open_client(spec.destination.resolve())[plan.target_db].command(
@@ -467,7 +472,8 @@ def verify_collection(spec: MigrationSpec, plan: CollectionPlan, recheck_delay_s
                        for r in rngs]
             return [(s.result(), d.result()) for s, d in futures]
 
-        def digest_against_copy(rngs: list[CopyRange], read: list[CopiedRange]) -> list[tuple[RangeDigest, RangeDigest]]:
+        def digest_against_copy(rngs: list[CopyRange],
+                                read: list[CopiedRange]) -> list[tuple[RangeDigest, RangeDigest]]:
             futures = [(pool.submit(count_range_ids, spec, r), pool.submit(destination_range_hash, spec, r))
                        for r in rngs]
             equal = [count_f.result() == copy_read.docs and hash_f.result() == copy_read.hash

@@ -215,7 +215,8 @@ def test_updates_replay_byte_for_byte_whatever_their_shape(src_client, dst_clien
     c.insert_many([{"_id": i, "a": {"b": [1, 2, {"c": 3}]}, "n": i, "arr": list(range(10))} for i in range(20)])
     c.update_one({"_id": 0}, [{"$set": {"zeta": 1}}, {"$set": {"alpha": 2}}])  # new fields, not in name order
     c.update_one({"_id": 1}, [{"$replaceWith": {"$setField": {"field": "a.b", "input": "$$ROOT", "value": 5}}}])
-    c.update_one({"_id": 2}, [{"$replaceWith": {"$setField": {"field": {"$literal": "$price"}, "input": "$$ROOT", "value": 1}}}])
+    c.update_one({"_id": 2}, [{"$replaceWith": {"$setField": {"field": {"$literal": "$price"}, "input": "$$ROOT",
+                                                               "value": 1}}}])
     c.update_one({"_id": 3}, {"$set": {"a.b.2.c": 4, "a.b.5": "pad"}})  # array element, and past the end
     c.update_one({"_id": 4}, [{"$set": {"arr": {"$slice": ["$arr", 3]}}}])  # truncatedArrays
     c.update_one({"_id": 5}, {"$rename": {"n": "m"}, "$unset": {"a": ""}})

@@ -51,7 +51,8 @@ class Runs:
         out = open(self.logs / f"run{n}.out", "w")
         err = open(self.logs / f"run{n}.log", "w")
         self.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", "run", str(self.spec_path), "--json"], cwd=ROOT,
+            [sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", "run", str(self.spec_path), "--json"],
+            cwd=ROOT,
             env={**os.environ, "PREFECT_API_URL": self.prefect_api}, stdout=out, stderr=err, text=True))
 
     @property

@@ -6,9 +6,10 @@ during the copy and during the sync, (4) the source restarts during the sync, (5
 exceeded while no sync runs, (6) the destination refuses a document, (7) Slack is unreachable and the
 Prefect API restarts mid-run. (2), the process killed during the sync, is in test_incremental.py.
 
-(1), and (2) in test_incremental.py, run three times (tests/endpoints.py): against the 6.0.5 source by URI, against a 4.2.6
-source, and with both endpoints given as saved MongoEndpoint blocks; the outage during the sync with
-the source restart runs against 6.0.5 by URI and against a 4.2.6 source given by blocks. The others run
+(1), and (2) in test_incremental.py, run three times (tests/endpoints.py): against the 6.0.5 source by
+URI, against a 4.2.6 source, and with both endpoints given as saved MongoEndpoint blocks; the outage
+during the sync with the source restart runs against 6.0.5 by URI and against a 4.2.6 source given by
+blocks. The others run
 against 6.0.5 by URI only, to keep the suite's time: none of them depends on the source's version (the
 oplog-window test needs a source of its own with a tiny oplog).
 The destination mongod SIGKILLed at five moments of one migration is in test_destination_kills.py.
@@ -59,7 +60,8 @@ def write_spec(path: Path, source, dest, **fields) -> Path:
 def start_cli(prefect_api: str, *args: str, env: dict | None = None) -> subprocess.Popen:
     """The real CLI in the background (run_cli in conftest waits for it to finish)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "mongo_migrate.flows.cli", "--verbose", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, cwd=ROOT, env={**os.environ, "PREFECT_API_URL": prefect_api, **(env or {})},
     )
 

@@ -476,7 +476,8 @@ def test_name_mapping(src_client, dst_client, spec_for):
     spec = spec_for(name_mapping={"shop": "sales", "crm.orders": "crm." + "o" * 260})
     row = pc.check_name_mapping(spec, plan_namespaces(spec))
     assert row.status == "failed"
-    assert "longer than 255 bytes" in row.detail and "differs only in case from the destination's existing Sales" in row.detail
+    assert "longer than 255 bytes" in row.detail
+    assert "differs only in case from the destination's existing Sales" in row.detail
 
 
 def test_target_namespaces(src_client, dst_client, spec_for):

@@ -112,7 +112,8 @@ def test_what_it_does_not_recognise_goes_to_pymongos_unpacking():
     assert errors[0] == errors[1] and "unknown BSON type" in errors[0]
     # a reply it recognises: the cursor as pymongo reads it, batch included
     good = _OpMsg(0, reply_bytes("firstBatch", [{"_id": 1}, {"_id": 2}]))
-    mine, pymongos = ours._unpack_response(good, None, RAW, CURSOR_FIELDS)[0], theirs._unpack_response(good, None, RAW, CURSOR_FIELDS)[0]
+    mine = ours._unpack_response(good, None, RAW, CURSOR_FIELDS)[0]
+    pymongos = theirs._unpack_response(good, None, RAW, CURSOR_FIELDS)[0]
     for key in ("firstBatch", "id", "ns", "atClusterTime"):
         assert mine["cursor"][key] == pymongos["cursor"][key]
     assert mine["ok"] == pymongos["ok"] == 1.0

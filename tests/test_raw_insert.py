@@ -89,7 +89,8 @@ def test_a_malformed_stream_is_refused_before_anything_is_sent(dst_client):
 def test_offsets_and_chunks():
     stream = stream_of([{"_id": i, "p": "x" * i} for i in range(10)])
     offsets = document_offsets(stream)
-    assert [RawBSONDocument(stream[a:b])["_id"] for a, b in zip(offsets, offsets[1:] + [len(stream)])] == list(range(10))
+    ends = offsets[1:] + [len(stream)]
+    assert [RawBSONDocument(stream[a:b])["_id"] for a, b in zip(offsets, ends)] == list(range(10))
     assert list(_chunks(offsets, len(stream))) == [(0, 10)]
     sizes = [b - a for a, b in zip(offsets, offsets[1:] + [len(stream)])]
     runs = list(_chunks(offsets, len(stream), limit=60))

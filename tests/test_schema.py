@@ -181,7 +181,8 @@ def test_collection_options_and_views_are_recreated(src_client, dst_client, spec
     ts_meta = dump_metadata("foo_ts")
     db.create_collection("foo_ts", timeseries={k: v for k, v in ts_meta["options"]["timeseries"].items()
                                                if k != "bucketMaxSpanSeconds"})
-    insert_raw(src_client, "opt.system.buckets.foo_ts", load_bson("mongo-tools/mongorestore/system.buckets.foo_ts.bson"))
+    insert_raw(src_client, "opt.system.buckets.foo_ts",
+               load_bson("mongo-tools/mongorestore/system.buckets.foo_ts.bson"))
     create_indexes_from_dump(src_client, "opt.foo_ts", ts_meta)
 
     summary = migrate(spec_for(objects=[{"database": "opt"}, {"database": "shop"}],

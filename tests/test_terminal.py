@@ -49,13 +49,14 @@ def test_terminal_shows_bars_then_the_sync_line_and_a_pipe_plain_lines(source, s
             return str(path)
 
         controller, terminal = os.openpty()
+        tty_spec = spec("tty", "shop_tty", migration_types=["full", "incremental"],
+                        incremental_options={"checkpoint_interval_s": 0.5})
         at_terminal = subprocess.Popen(
-            [sys.executable, "-m", "mongo_migrate.flows.cli", "run", spec("tty", "shop_tty", migration_types=["full", "incremental"],
-                                                            incremental_options={"checkpoint_interval_s": 0.5})],
+            [sys.executable, "-m", "mongo_migrate.flows.cli", "run", tty_spec],
             cwd=ROOT, env=env, stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True)
         os.close(terminal)
-        piped = subprocess.Popen([sys.executable, "-m", "mongo_migrate.flows.cli", "run", spec("pipe", "shop_pipe")], cwd=ROOT,
-                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        piped = subprocess.Popen([sys.executable, "-m", "mongo_migrate.flows.cli", "run", spec("pipe", "shop_pipe")],
+                                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         screen: list[str] = []
 

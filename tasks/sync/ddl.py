@@ -93,7 +93,8 @@ class DestinationDDL:
         except OperationFailure as exc:
             if exc.code == NAMESPACE_NOT_FOUND:
                 return  # a replay of a change already applied, or of one to a collection since gone
-            raise ChangeApplyError(f"{action.describe()}: {exc.details.get('errmsg', exc) if exc.details else exc}") from None
+            said = exc.details.get("errmsg", exc) if exc.details else exc
+            raise ChangeApplyError(f"{action.describe()}: {said}") from None
 
     def _create(self, plan: CollectionPlan) -> None:
         if plan.kind == "view":
