@@ -54,18 +54,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
-def pytest_xdist_node_collection_finished(node, ids):
-    """Refuse to run when the groups did not reach the scheduler: every module fixture would be set up
-    on both workers (the CLI module's 13 commands twice: a minute more), and nothing else would say so.
-    (Here, where the tests are handed out, they are ids only: a module with a module-scoped fixture is
-    told by its text.)"""
-    if node.config.getvalue("dist") != "loadgroup" or any("@" in i.rpartition("]")[2] for i in ids):
-        return
-    modules = {node.config.rootpath / i.partition("::")[0] for i in ids}
-    if any('scope="module"' in m.read_text() for m in modules):
-        raise pytest.UsageError(
-            "pytest-xdist received no test groups (--dist loadgroup): with pytest 9.2 its group tag is lost "
-            "(pytest-xdist#1386); pyproject.toml's test extra asks for pytest<9.2, so run `make test`")
+def pytest_runtest_setup(item):
+    """A test meant to share its module's fixture on one worker fails when its group did not reach
+    pytest-xdist's scheduler: the fixture would be set up on both workers (the CLI module's 13 commands
+    twice: a minute more), and nothing else would say so."""
+    if getattr(item.config, "workerinput", None) is not None and item.config.getvalue("loadgroup") \
+            and item.get_closest_marker("xdist_group") and "@" not in item.nodeid.rpartition("]")[2]:
+        pytest.fail("pytest-xdist lost this test's group (--dist loadgroup): pytest 9.2 drops the group tag "
+                    "(pytest-xdist#1386), and pyproject.toml's test extra asks for pytest<9.2: run `make test`",
+                    pytrace=False)
 
 
 def _drop_user_databases(m: Mongod) -> None:
