@@ -168,7 +168,10 @@ def test_copy_cap_holds_switches_when_its_window_ends_and_follows_a_live_change(
     """One copy of 4 ranges on 4 workers: 1,000 docs/s inside a window that ends at the next minute
     (within 10% over 20 s), the spec's 4,000 docs/s once it has ended, then 2,000 docs/s set live with
     the CLI (reached within 2 s), then --off."""
-    total = 110_000
+    # enough that the copy never runs dry before the last measure (≤ 60 s at 1,000, the seconds at 4,000
+    # until the throttle command has returned, 5 s at 2,000): a run that ran out of documents once read
+    # as a cap missed (1,556 docs/s "at 2,000")
+    total = 200_000
     insert_raw(src_client, "shop.orders", [RawBSONDocument(bson.encode({"_id": i, "n": i})) for i in range(total)])
     # the window is [the minute now, the next minute) UTC: the run has to start early enough in the
     # minute for 20 s of measure inside it
@@ -202,6 +205,7 @@ def test_copy_cap_holds_switches_when_its_window_ends_and_follows_a_live_change(
         assert changed.returncode == 0, changed.stderr
         assert changed.stdout.strip() == "load cap: copy 2,000 docs/s (live); sync none"
         counts.until(set_at + 5, proc)
+        assert counts.docs[-1] < total, "the copy ran out of documents before the live cap was measured"
         live = counts.rate(set_at + 2, set_at + 5)
         assert live == pytest.approx(2000, rel=0.10), f"{live:.0f} docs/s 2 s after the live change"
         print(f"live 2,000 docs/s: {live:.0f} docs/s from 2 to 5 s after the command returned")
