@@ -85,14 +85,15 @@ def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,)) -
     return json.loads(stdout.strip().splitlines()[-1]), time.perf_counter() - t, peak, proc.returncode
 
 
-def prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
-    """`prefect server start` on a free port, as a Prefect user runs one; returns (process, API URL)."""
+def prefect_server(home: Path, settings: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free port, as a Prefect user runs one (with `settings` in its
+    environment); returns (process, API URL)."""
     from mongo_migrate.sandbox.mongod import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port), "PREFECT_API_URL": url,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, **(settings or {}), "PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port),
+           "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     proc = subprocess.Popen([str(ROOT / ".venv/bin/prefect"), "server", "start", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(1200):

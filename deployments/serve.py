@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mongo_migrate.deployments.deploy import DEFAULT_POOL, ROOT
+from mongo_migrate.flows.temporary_server import SQLITE_SERVER_SETTINGS
 
 READY = "mongo-migrate serve: ready"
 SERVER_START_TIMEOUT_S = 90
@@ -44,6 +45,8 @@ def server_env(port: int, host: str = "127.0.0.1", home: str | Path | None = Non
     # SQLite: on a busy machine a write may wait for the lock longer than Prefect's 10 s default,
     # and the UI shows a failed request instead of waiting (the Python clients retry; it does not)
     env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
+    for name, value in SQLITE_SERVER_SETTINGS.items():  # task-run events written in batches (why: there)
+        env.setdefault(name, value)
     if home is not None:
         env["PREFECT_HOME"] = str(Path(home).resolve())
     return env
