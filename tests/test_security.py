@@ -57,6 +57,9 @@ def everything_prefect_stored(since: dt.datetime) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterFlowRunId
 
+    # the server's task-run recorder writes what it has received once a second (SQLITE_SERVER_SETTINGS
+    # in flows/temporary_server.py): the last task runs' states are in the database after that
+    time.sleep(1.5)
     with get_client(sync_client=True) as client:
         runs = _paged(client.read_flow_runs, flow_run_filter=FlowRunFilter(
             start_time=FlowRunFilterStartTime(after_=since)))
