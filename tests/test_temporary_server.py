@@ -30,4 +30,5 @@ def test_the_temporary_server_batches_task_run_events_unless_the_user_set_it(mon
 def test_served_prefect_batches_task_run_events_unless_the_user_set_it():
     env = server_env(4321, base={FLUSH: "3", "PATH": "/usr/bin"})
     assert (env[BATCH], env[FLUSH]) == ("100", "3")
-    assert {name: server_env(4321, base={})[name] for name in SQLITE_SERVER_SETTINGS} == SQLITE_SERVER_SETTINGS
+    unset = server_env(4321, base={})
+    assert {name: unset[name] for name in SQLITE_SERVER_SETTINGS} == SQLITE_SERVER_SETTINGS
