@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mongo_migrate.deployments.deploy import DEFAULT_POOL, ROOT
-from mongo_migrate.flows.temporary_server import SQLITE_SERVER_SETTINGS
+from mongo_migrate.flows.temporary_server import with_sqlite_server_settings
 
 READY = "mongo-migrate serve: ready"
 SERVER_START_TIMEOUT_S = 90
@@ -34,7 +34,7 @@ def server_env(port: int, host: str = "127.0.0.1", home: str | Path | None = Non
     `prefect server start --port N` alone leaves the UI calling port 4200: the API port and the API
     URL are set together.
     """
-    env = dict(os.environ if base is None else base)
+    env = with_sqlite_server_settings(os.environ if base is None else base)
     env.update({
         "PREFECT_SERVER_API_HOST": host,
         "PREFECT_SERVER_API_PORT": str(port),
@@ -42,11 +42,6 @@ def server_env(port: int, host: str = "127.0.0.1", home: str | Path | None = Non
         "PREFECT_UI_API_URL": f"http://{host}:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     })
-    # SQLite: on a busy machine a write may wait for the lock longer than Prefect's 10 s default,
-    # and the UI shows a failed request instead of waiting (the Python clients retry; it does not)
-    env.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "60")
-    for name, value in SQLITE_SERVER_SETTINGS.items():  # task-run events written in batches (why: there)
-        env.setdefault(name, value)
     if home is not None:
         env["PREFECT_HOME"] = str(Path(home).resolve())
     return env

@@ -21,23 +21,34 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 90.0
 
-# Settings for the SQLite-backed Prefect servers this project starts (the temporary server, `make serve`;
-# a user's own environment wins). Prefect's task-run recorder writes each task-run event in a
-# transaction of its own (batch size 1). After the copy's task runs (four or more per collection) it
-# commits for seconds, and the sync subflow's tracking task run, whose POST reads before it writes,
-# fails with SQLITE_BUSY ("database is locked", sent as 503) at every retry the client makes: 2, 4 and
-# 8 s, so the sync began 13.3-13.9 s after the indexes at 30 collections. Written 100 at a time it
-# began 0.9-2.8 s after (bench/sync_start.py). A task run's state reaches the UI up to a second later;
-# the recorder writes what it holds when the server stops. (flush_interval is taken as whole seconds:
-# below 1 its loop would spin.)
+# Settings for the SQLite-backed Prefect servers this project starts: the temporary server, `make serve`
+# and the tests' servers. Each is a default: a setting in the user's own environment wins
+# (with_sqlite_server_settings, the one place they are applied).
 SQLITE_SERVER_SETTINGS = {
+    # Prefect's task-run recorder writes each task-run event in a transaction of its own (batch size
+    # 1). After the copy's task runs (four or more per collection) it commits for seconds, and the sync
+    # subflow's tracking task run, whose POST reads before it writes, fails with SQLITE_BUSY ("database
+    # is locked", sent as 503) at every retry the client makes: 2, 4 and 8 s, so the sync began
+    # 13.3-13.9 s after the indexes at 30 collections. Written 100 at a time it began 0.9-2.8 s after
+    # (bench/sync_start.py). A task run's state reaches the UI up to a second later; the recorder writes
+    # what it holds when the server stops. (flush_interval is taken as whole seconds: below 1 its loop
+    # would spin.)
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    # on a busy machine a write may wait for SQLite's lock longer than Prefect's 10 s default: the UI
+    # shows a failed request instead of waiting (the Python clients retry, after seconds)
+    "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
 }
+
+
+def with_sqlite_server_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with SQLITE_SERVER_SETTINGS added where it does not set them itself."""
+    return {**SQLITE_SERVER_SETTINGS, **env}
 
 
 class TemporaryServer:
@@ -55,7 +66,7 @@ class TemporaryServer:
             [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_parent), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
-            env={**SQLITE_SERVER_SETTINGS, **os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+            env={**with_sqlite_server_settings(os.environ), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                  "PREFECT__SERVER_FINAL": "1"},
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )

@@ -29,12 +29,11 @@ def prefect_api():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from mongo_migrate.flows.temporary_server import SQLITE_SERVER_SETTINGS
+    from mongo_migrate.flows.temporary_server import with_sqlite_server_settings
 
-    # the test harness's server records task runs as the command's temporary server does: without it
-    # each incremental run's sync subflow began 5-15 s late here (flows/temporary_server.py says why)
-    for name, value in SQLITE_SERVER_SETTINGS.items():
-        os.environ.setdefault(name, value)
+    # the test harness's server is set up as the command's temporary server is: without it each
+    # incremental run's sync subflow began 5-15 s late here (flows/temporary_server.py says why)
+    os.environ.update(with_sqlite_server_settings(os.environ))
     # no flow-run heartbeats in this process: their thread makes every flow run end up to a second
     # late (flows/migrate.py), a minute or more over the suite; nothing here looks for crashed runs
     with prefect_test_harness(server_startup_timeout=60), \

@@ -1,5 +1,6 @@
-"""The Prefect servers this project starts record task runs in batches (flows/temporary_server.py says
-why), and a setting the user has made themselves is kept."""
+"""The Prefect servers this project starts get SQLITE_SERVER_SETTINGS (task runs recorded in batches, a
+longer wait for SQLite's lock: flows/temporary_server.py says why), and a setting the user has made
+themselves is kept."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ from mongo_migrate.flows.temporary_server import SQLITE_SERVER_SETTINGS, Tempora
 
 BATCH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"
 FLUSH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"
+TIMEOUT = "PREFECT_SERVER_DATABASE_TIMEOUT"
 
 
 def process_environment(pid: int) -> dict[str, str]:
@@ -16,19 +18,20 @@ def process_environment(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items if "=" in item)
 
 
-def test_the_temporary_server_batches_task_run_events_unless_the_user_set_it(monkeypatch):
-    monkeypatch.delenv(BATCH, raising=False)  # the session's harness sets it in this process
+def test_the_temporary_server_gets_the_sqlite_settings_unless_the_user_set_them(monkeypatch):
+    for name in SQLITE_SERVER_SETTINGS:  # the session's harness sets them in this process
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(FLUSH, "3")
     server = TemporaryServer()
     try:
         env = process_environment(server.proc.pid)
     finally:
         server.stop()
-    assert (env[BATCH], env[FLUSH]) == ("100", "3")
+    assert (env[BATCH], env[FLUSH], env[TIMEOUT]) == ("100", "3", "60")
 
 
-def test_served_prefect_batches_task_run_events_unless_the_user_set_it():
+def test_served_prefect_gets_the_sqlite_settings_unless_the_user_set_them():
     env = server_env(4321, base={FLUSH: "3", "PATH": "/usr/bin"})
-    assert (env[BATCH], env[FLUSH]) == ("100", "3")
+    assert (env[BATCH], env[FLUSH], env[TIMEOUT]) == ("100", "3", "60")
     unset = server_env(4321, base={})
     assert {name: unset[name] for name in SQLITE_SERVER_SETTINGS} == SQLITE_SERVER_SETTINGS
