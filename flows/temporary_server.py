@@ -59,13 +59,10 @@ class TemporaryServer:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{self.port}/api"
-        prefect_parent = Path(importlib.util.find_spec("prefect").origin).parent.parent
-        # the command and environment of SubprocessASGIServer._run_uvicorn_command (prefect 3.x)
+        # the environment of SubprocessASGIServer._run_uvicorn_command (prefect 3.x); the process is serve()
         log = self._log()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "error", "--lifespan", "on"],
+            [sys.executable, "-m", "mongo_migrate.flows.temporary_server", str(self.port)],
             env={**with_sqlite_server_settings(os.environ), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                  "PREFECT__SERVER_FINAL": "1"},
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -112,6 +109,27 @@ class TemporaryServer:
                 self.proc.wait()
 
 
+def serve(port: int) -> None:
+    """The temporary server's process: Prefect's app, served by uvicorn as SubprocessASGIServer serves it
+    (`uvicorn --factory prefect.server.api.server:create_app --lifespan on`), built with Python's cyclic
+    garbage collector paused. Importing Prefect's server modules and building its app make objects by
+    the million (pydantic models and schemas, SQLAlchemy tables), none of them garbage, and the
+    collector walked them all again and again: 3.2-3.4 s of import became 2.6-2.7 s without it here, on
+    the command's critical path. What they made is then frozen out of later collections (gc.freeze),
+    so collecting while requests are served does not walk it either."""
+    import gc
+
+    gc.disable()
+    sys.path.insert(0, str(Path(importlib.util.find_spec("prefect").origin).parent.parent))  # uvicorn --app-dir
+    import uvicorn
+    from prefect.server.api.server import create_app
+
+    app = create_app()
+    gc.freeze()
+    gc.enable()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+
+
 def start_early() -> TemporaryServer | None:
     """A temporary server starting now, unless the environment names an API (a profile's API URL is
     only known once Prefect's settings are loaded: `use_or_stop` then gives this one up)."""
@@ -134,3 +152,7 @@ def use_or_stop(server: TemporaryServer | None):
         return nullcontext()
     server.wait_ready()
     return temporary_settings(updates={PREFECT_API_URL: server.api_url})
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))
