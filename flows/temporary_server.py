@@ -51,6 +51,15 @@ def with_sqlite_server_settings(env: Mapping[str, str]) -> dict[str, str]:
     return {**SQLITE_SERVER_SETTINGS, **env}
 
 
+# Defaults of the temporary server alone (the user's environment wins). No automations: their services
+# (triggers, and the actions they run) start with the server, and the actions service builds an API
+# client by building Prefect's app again (~0.5 s of CPU here), on the server's one event loop, just as
+# the command sends its first requests: the flow run began ~0.4 s later for it. A server that serves one
+# command has no automations of its own to run; a user with automations runs a Prefect server and sets
+# PREFECT_API_URL (or sets PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED=true).
+TEMPORARY_SERVER_SETTINGS = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
+
+
 class TemporaryServer:
     """One temporary Prefect API server subprocess on a free 127.0.0.1 port."""
 
@@ -63,8 +72,8 @@ class TemporaryServer:
         log = self._log()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mongo_migrate.flows.temporary_server", str(self.port)],
-            env={**with_sqlite_server_settings(os.environ), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                 "PREFECT__SERVER_FINAL": "1"},
+            env={**with_sqlite_server_settings({**TEMPORARY_SERVER_SETTINGS, **os.environ}), "PREFECT_UI_ENABLED": "0",
+                 "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()  # the server holds its own copy

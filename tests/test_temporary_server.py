@@ -11,6 +11,7 @@ from mongo_migrate.flows.temporary_server import SQLITE_SERVER_SETTINGS, Tempora
 BATCH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"
 FLUSH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"
 TIMEOUT = "PREFECT_SERVER_DATABASE_TIMEOUT"
+TRIGGERS = "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED"
 
 
 def process_environment(pid: int) -> dict[str, str]:
@@ -18,16 +19,26 @@ def process_environment(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items if "=" in item)
 
 
-def test_the_temporary_server_gets_the_sqlite_settings_unless_the_user_set_them(monkeypatch):
-    for name in SQLITE_SERVER_SETTINGS:  # the session's harness sets them in this process
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(FLUSH, "3")
+def temporary_server_environment() -> dict[str, str]:
     server = TemporaryServer()
     try:
-        env = process_environment(server.proc.pid)
+        return process_environment(server.proc.pid)
     finally:
         server.stop()
+
+
+def test_the_temporary_server_gets_the_sqlite_settings_unless_the_user_set_them(monkeypatch):
+    for name in [*SQLITE_SERVER_SETTINGS, TRIGGERS]:  # the session's harness sets some in this process
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(FLUSH, "3")
+    env = temporary_server_environment()
     assert (env[BATCH], env[FLUSH], env[TIMEOUT]) == ("100", "3", "60")
+    assert env[TRIGGERS] == "false"  # no automations in a server that serves one command
+
+
+def test_the_temporary_server_runs_automations_when_the_user_asks(monkeypatch):
+    monkeypatch.setenv(TRIGGERS, "true")
+    assert temporary_server_environment()[TRIGGERS] == "true"
 
 
 def test_served_prefect_gets_the_sqlite_settings_unless_the_user_set_them():
