@@ -51,13 +51,21 @@ def with_sqlite_server_settings(env: Mapping[str, str]) -> dict[str, str]:
     return {**SQLITE_SERVER_SETTINGS, **env}
 
 
-# Defaults of the temporary server alone (the user's environment wins). No automations: their services
-# (triggers, and the actions they run) start with the server, and the actions service builds an API
-# client by building Prefect's app again (~0.5 s of CPU here), on the server's one event loop, just as
-# the command sends its first requests: the flow run began ~0.4 s later for it. A server that serves one
-# command has no automations of its own to run; a user with automations runs a Prefect server and sets
-# PREFECT_API_URL (or sets PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED=true).
-TEMPORARY_SERVER_SETTINGS = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
+# Defaults of the temporary server alone (the user's environment wins), each worth ~0.4 s of a command
+# here (bench/full_copy.py's temporary mode; 20,000 documents, 8 turns each in turn):
+TEMPORARY_SERVER_SETTINGS = {
+    # No automations. Their services (triggers, and the actions they run) start with the server, and
+    # the actions service builds an API client by building Prefect's app again (~0.5 s of CPU), on the
+    # server's one event loop, as the command sends its first requests: 7.36 -> 6.88 s without. A server
+    # that serves one command has no automations to run; whoever has some runs a Prefect server.
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+    # No block-type registration at start: only the UI's catalog of block types reads it (a block saved
+    # or loaded by the command registers its own type from the client), and deciding whether to register
+    # imports every installed Prefect collection to hash their blocks: prefect-dask, and with it Dask,
+    # 0.37 s: 6.78 -> 6.38 s without.
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+}
 
 
 class TemporaryServer:

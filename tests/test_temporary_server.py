@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mongo_migrate.deployments.serve import server_env
-from mongo_migrate.flows.temporary_server import SQLITE_SERVER_SETTINGS, TemporaryServer
+from mongo_migrate.flows.temporary_server import SQLITE_SERVER_SETTINGS, TEMPORARY_SERVER_SETTINGS, TemporaryServer
 
 BATCH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"
 FLUSH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"
@@ -28,12 +28,15 @@ def temporary_server_environment() -> dict[str, str]:
 
 
 def test_the_temporary_server_gets_the_sqlite_settings_unless_the_user_set_them(monkeypatch):
-    for name in [*SQLITE_SERVER_SETTINGS, TRIGGERS]:  # the session's harness sets some in this process
+    for name in [*SQLITE_SERVER_SETTINGS, *TEMPORARY_SERVER_SETTINGS]:  # the harness sets some in this process
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(FLUSH, "3")
     env = temporary_server_environment()
     assert (env[BATCH], env[FLUSH], env[TIMEOUT]) == ("100", "3", "60")
-    assert env[TRIGGERS] == "false"  # no automations in a server that serves one command
+    # no automations, no block-type registration in a server that serves one command
+    assert {name: env[name] for name in TEMPORARY_SERVER_SETTINGS} == {
+        TRIGGERS: "false", "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+        "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
 
 
 def test_the_temporary_server_runs_automations_when_the_user_asks(monkeypatch):
