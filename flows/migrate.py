@@ -25,7 +25,7 @@ from mongo_migrate.tasks.namespaces import CollectionPlan, MigrationPlan
 from mongo_migrate.tasks.notify import flow_run_url, notify_finished, notify_migration_failed, notify_precheck_failed
 from mongo_migrate.tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks
 from mongo_migrate.tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
-from mongo_migrate.tasks.state import finish_run_task, start_run_task
+from mongo_migrate.tasks.state import RunAlive, finish_run_task, start_run_task
 from mongo_migrate.tasks.sync.position import save_start_point_task
 from mongo_migrate.tasks.verify import CollectionVerification
 
@@ -194,6 +194,8 @@ def migrate_steps(spec: MigrationSpec) -> MigrationSummary:
     phases.lap("prepare")
 
     with ExitStack() as keep:
+        # the run's process says it is alive on the destination while it works (`mongo-migrate status`)
+        keep.callback(RunAlive(spec).stop)
         # the load cap set from the Prefect UI, copied onto the destination while the run lasts
         keep.callback(VariableWatcher(spec).stop)
         if not spec.incremental:

@@ -19,11 +19,14 @@ from mongo_migrate.blocks.errors import NoRunError
 from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import META_DATABASE, MigrationSpec
 from mongo_migrate.flows.progress import SYNC_STATUS_EVENT, format_duration
-from mongo_migrate.tasks.state import COPY_UNITS, RUNS, SYNC_STATE
+from mongo_migrate.tasks.state import COPY_UNITS, RUNS, SYNC_STATE, process_silent_s
 from mongo_migrate.tasks.sync.events import format_delay
 from mongo_migrate.tasks.sync.position import oplog_window_left_s, ts_text
 from mongo_migrate.tasks.throttle import DIRECTIONS, Cap, effective_caps, read_live, read_paces
 
+# the stages in which a run's process is at work, and says so (tasks/state.py RunAlive)
+WORKING_STAGES = {"starting", "copying", "indexes", "starting the sync", "syncing", "waiting for approval",
+                  "cut over, verifying"}
 # the sync reports every 5 s: a delay event older than this is not "now"
 FRESH_EVENT_S = 30
 _UNIT = re.compile(r"^(?P<ns>.+)#(?P<index>\d+)/(?P<total>\d+)$")
@@ -70,6 +73,9 @@ class MigrationStatus(BaseModel):
     delay_from: str | None = None  # "sync" (its last report) or "saved position"
     oplog_window_left_s: float | None = None
     last_error: str | None = None
+    # a run still going by its records whose process has not said it was alive for this long: the
+    # process has stopped (killed, its machine down) or cannot reach the destination (tasks/state.py)
+    process_silent_s: float | None = None
     throttle: list[ThrottleStatus] = []
     unavailable: list[str] = []
 
@@ -103,6 +109,8 @@ def read_status(spec: MigrationSpec) -> MigrationStatus:
             break
     if run.get("abandoned"):
         status.last_error = run["abandoned"]
+    if status.stage in WORKING_STAGES and run.get("alive") is not None:
+        status.process_silent_s = process_silent_s(run, meta.client.admin.command("hello")["localTime"])
 
     # the delay means something once the sync has run (a failed one included); during the copy the
     # changes wait in the oplog, and only the window left matters
@@ -261,6 +269,10 @@ def throttle_text(caps: dict[str, Cap | None] | list[ThrottleStatus]) -> str:
 
 def status_text(s: MigrationStatus) -> str:
     lines = [f"{s.source} -> {s.destination}: {s.stage}"]
+    if s.process_silent_s is not None:
+        lines.append(f"the run's process has not been heard from for {format_duration(s.process_silent_s)}: "
+                     "it has stopped (killed, or its machine is down) or cannot reach the destination; "
+                     "`mongo-migrate run SPEC` continues the run")
     if s.flow_run_id:
         when = (f", started {s.started:%Y-%m-%d %H:%M} UTC" if s.started else "") + \
                (f", updated {s.updated:%Y-%m-%d %H:%M} UTC" if s.updated else "")

@@ -1,7 +1,8 @@
 """What the migration remembers on the destination, in the `mongo_migrate_meta` database. Every
 collection of it is named and opened here, and its layout has a version, kept beside it:
 
-- `runs`: one document per spec digest (started, finished, the flow run, abandoned and why);
+- `runs`: one document per spec digest (started, finished, the flow run, abandoned and why, and when its
+  process last said it was alive: RunAlive);
 - `copy_ranges`: the `_id` ranges each collection was cut into, so that a rerun cuts the same ones;
 - `copy_units`: the checkpoint of every copy range (resume point, documents, done);
 - `skipped_documents`: documents the destination refused under `on_document_error: skip`;
@@ -18,13 +19,16 @@ state written by a newer one stops the run with one line that says what to do.
 """
 from __future__ import annotations
 
+import os
 import re
+import threading
 from datetime import datetime, timezone
 from typing import Callable
 
 from pydantic import BaseModel
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from mongo_migrate.blocks.errors import BadInput
 from mongo_migrate.blocks.mongo import open_client
@@ -136,6 +140,55 @@ def abandon_run(spec: MigrationSpec, reason: str) -> None:
     meta[RUNS].update_one({"_id": spec.digest()}, {"$set": {
         "finished": True, "abandoned": reason, "updated": datetime.now(timezone.utc)}})
     meta[SYNC_STATE].update_one({"_id": spec.digest()}, {"$set": {"status": "abandoned"}})
+
+
+# How often a run's process says it is alive (MONGO_MIGRATE_ALIVE_EVERY_S: the tests' shorter one), and
+# after how many of those intervals without a word `mongo-migrate status` says the process has stopped.
+ALIVE_EVERY_S = 30.0
+SILENT_AFTER_INTERVALS = 3
+
+
+class RunAlive:
+    """While the run's process lives, a thread of its own sets `alive` on the run's `runs` document to
+    the destination's clock every ALIVE_EVERY_S, and the interval beside it.
+
+    A run whose process was killed (SIGKILL, the OOM killer, a machine that went down) stays RUNNING in
+    Prefect, whose flow runs send no heartbeats unless configured to, and its checkpoints only say when
+    a range or the sync last moved, which an idle source or a long index build also leave old: this is
+    what tells `mongo-migrate status` that nobody is working on the run. The destination's own clock
+    (`$currentDate`), so that a status read from another machine compares like with like."""
+
+    def __init__(self, spec: MigrationSpec) -> None:
+        self.every_s = float(os.environ.get("MONGO_MIGRATE_ALIVE_EVERY_S", ALIVE_EVERY_S))
+        self._runs = state_collection(spec, RUNS)
+        self._digest = spec.digest()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="run-alive")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._runs.update_one({"_id": self._digest}, {"$currentDate": {"alive": True},
+                                                              "$set": {"alive_every_s": self.every_s}})
+            except PyMongoError:
+                pass  # the destination away: the run's own steps wait for it and say so
+            if self._stop.wait(self.every_s):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def process_silent_s(run: dict, destination_now: datetime) -> float | None:
+    """Seconds since the run's process last said it was alive, when that is more than
+    SILENT_AFTER_INTERVALS of its intervals (None: heard from lately, or a run that never said)."""
+    alive, every_s = run.get("alive"), run.get("alive_every_s")
+    if alive is None or not every_s:
+        return None
+    silent = (destination_now.replace(tzinfo=None) - alive.replace(tzinfo=None)).total_seconds()
+    return silent if silent > SILENT_AFTER_INTERVALS * every_s else None
 
 
 start_run_task = step(start_run)

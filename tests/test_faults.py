@@ -33,9 +33,10 @@ from mongo_migrate.blocks.mongo import close_clients
 from mongo_migrate.blocks.spec import META_DATABASE, load_spec
 from mongo_migrate.flows.cli import format_summary
 from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.flows.status import read_status, status_text
 from mongo_migrate.sandbox.mongod import Mongod, free_port
 from mongo_migrate.tasks.namespaces import plan_namespaces
-from mongo_migrate.tasks.state import COPY_UNITS, SKIPPED_DOCUMENTS
+from mongo_migrate.tasks.state import COPY_UNITS, RUNS, SKIPPED_DOCUMENTS
 from mongo_migrate.tasks.verify import verify_collection
 from tests.conftest import ROOT, assert_same_documents, insert_raw, make_spec
 from tests.endpoints import ENDPOINTS, endpoints  # noqa: F401 - the fixture, found by its name
@@ -96,9 +97,14 @@ def test_killed_during_the_copy_then_rerun_copies_only_what_is_left(
     spec_file = endpoints.write(tmp_path / "spec.json", objects=[{"database": "shop"}],
                                 copy_options={"range_docs": 1000, "batch_docs": 50, "parallel_workers": 2})
 
-    proc = start_cli(prefect_api, "run", str(spec_file), "--json")
+    # the process says it is alive every second (30 s by default): status tells when it has stopped
+    proc = start_cli(prefect_api, "run", str(spec_file), "--json", env={"MONGO_MIGRATE_ALIVE_EVERY_S": "1"})
+    runs = dst_client[META_DATABASE][RUNS]
     try:
         wait_for(lambda: len(done_units(dst_client)) >= 4, 120, "4 finished copy ranges", proc)
+        alive = runs.find_one()
+        assert alive["alive_every_s"] == 1.0, alive
+        assert read_status(load_spec(spec_file)).process_silent_s is None  # heard from: at work
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -106,6 +112,13 @@ def test_killed_during_the_copy_then_rerun_copies_only_what_is_left(
             proc.kill()
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
+    time.sleep(4)  # four of its intervals without a word
+    status = read_status(load_spec(spec_file))
+    assert status.stage == "copying" and status.process_silent_s >= 3, status
+    shown = status_text(status).splitlines()
+    assert shown[1].startswith("the run's process has not been heard from for ") and \
+        shown[1].endswith(": it has stopped (killed, or its machine is down) or cannot reach the destination; "
+                          "`mongo-migrate run SPEC` continues the run"), shown
     finished = done_units(dst_client)
     finished_docs = sum(u["docs"] for u in finished.values())
     copied_before = sum(dst_client.shop[n].count_documents({}) for n in names)
@@ -124,6 +137,8 @@ def test_killed_during_the_copy_then_rerun_copies_only_what_is_left(
     assert 0 < inserts(dst_client) - inserts_before <= total - finished_docs
     for name in names:
         assert_same_documents(src_client, dst_client, f"shop.{name}")
+    finished_status = read_status(load_spec(spec_file))
+    assert finished_status.stage == "finished" and finished_status.process_silent_s is None
 
 
 def test_destination_down_for_20_seconds_during_the_copy(

@@ -1,12 +1,15 @@
 """The migration's state on the destination has a versioned layout: older state is upgraded as a run
-starts, newer state stops the run in one line before anything is written."""
+starts, newer state stops the run in one line before anything is written. A run's process that has
+stopped saying it is alive is told apart from one at work (the killed process: tests/test_faults.py)."""
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 import pytest
 
 from mongo_migrate.blocks.spec import META_DATABASE
 from mongo_migrate.tasks.namespaces import plan_namespaces
-from mongo_migrate.tasks.state import RUNS, SCHEMA, STATE_VERSION, StateTooNew, start_run
+from mongo_migrate.tasks.state import RUNS, SCHEMA, STATE_VERSION, StateTooNew, process_silent_s, start_run
 
 
 def test_state_of_an_older_version_is_upgraded_and_of_a_newer_one_refused(src_client, dst_client, spec_for):
@@ -30,3 +33,12 @@ def test_state_of_an_older_version_is_upgraded_and_of_a_newer_one_refused(src_cl
         f"or drop the {META_DATABASE} database to start every migration over")
     assert exc.value.exit_code == 2
     assert meta[RUNS].find_one({"_id": spec.digest()}) is None  # nothing written
+
+
+def test_a_run_is_silent_after_three_of_its_alive_intervals_and_never_when_it_never_said():
+    said = datetime(2026, 12, 4, 12, 0, 0)
+    run = {"alive": said, "alive_every_s": 30.0}
+    assert process_silent_s(run, said + timedelta(seconds=90)) is None
+    assert process_silent_s(run, said + timedelta(seconds=91)) == 91
+    # a run of a mongo-migrate from before RunAlive: nothing is known, nothing is claimed
+    assert process_silent_s({"finished": False}, said + timedelta(days=1)) is None
