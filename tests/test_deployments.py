@@ -113,11 +113,15 @@ def test_off_peak_runs_are_at_two_in_the_schedule_time_zone(served):
 
 
 def _watch_progress(served, stop: threading.Event, seen: list[float]) -> None:
-    """Read the "full-copy-progress" artifact every 0.2 s while the run goes on."""
-    while not stop.is_set():
+    """Read the "full-copy-progress" artifact every 0.2 s while the run goes on, and once more after it
+    has ended (its last move is written before the run completes, possibly after the previous read)."""
+    while True:
+        ended = stop.is_set()
         for artifact in served.artifacts(artifacts={"key": {"any_": ["full-copy-progress"]}}):
             if not seen or seen[-1] != artifact["data"]:
                 seen.append(artifact["data"])
+        if ended:
+            return
         time.sleep(0.2)
 
 
