@@ -148,6 +148,20 @@ ALIVE_EVERY_S = 30.0
 SILENT_AFTER_INTERVALS = 3
 
 
+def alive_every_s() -> float:
+    given = os.environ.get("MONGO_MIGRATE_ALIVE_EVERY_S")
+    if given is None:
+        return ALIVE_EVERY_S
+    try:
+        every_s = float(given)
+    except ValueError:
+        every_s = 0.0
+    if not 0 < every_s <= 3600:
+        raise BadInput(f"MONGO_MIGRATE_ALIVE_EVERY_S={given!r}: give seconds between 0 and 3600, such as 30 "
+                       "(or unset it)")
+    return every_s
+
+
 class RunAlive:
     """While the run's process lives, a thread of its own sets `alive` on the run's `runs` document to
     the destination's clock every ALIVE_EVERY_S, and the interval beside it.
@@ -159,7 +173,7 @@ class RunAlive:
     (`$currentDate`), so that a status read from another machine compares like with like."""
 
     def __init__(self, spec: MigrationSpec) -> None:
-        self.every_s = float(os.environ.get("MONGO_MIGRATE_ALIVE_EVERY_S", ALIVE_EVERY_S))
+        self.every_s = alive_every_s()
         self._runs = state_collection(spec, RUNS)
         self._digest = spec.digest()
         self._stop = threading.Event()

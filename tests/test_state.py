@@ -7,9 +7,11 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from mongo_migrate.blocks.errors import BadInput
 from mongo_migrate.blocks.spec import META_DATABASE
 from mongo_migrate.tasks.namespaces import plan_namespaces
-from mongo_migrate.tasks.state import RUNS, SCHEMA, STATE_VERSION, StateTooNew, process_silent_s, start_run
+from mongo_migrate.tasks.state import (RUNS, SCHEMA, STATE_VERSION, StateTooNew, alive_every_s, process_silent_s,
+                                        start_run)
 
 
 def test_state_of_an_older_version_is_upgraded_and_of_a_newer_one_refused(src_client, dst_client, spec_for):
@@ -42,3 +44,12 @@ def test_a_run_is_silent_after_three_of_its_alive_intervals_and_never_when_it_ne
     assert process_silent_s(run, said + timedelta(seconds=91)) == 91
     # a run of a mongo-migrate from before RunAlive: nothing is known, nothing is claimed
     assert process_silent_s({"finished": False}, said + timedelta(days=1)) is None
+
+
+@pytest.mark.parametrize("given", ["soon", "0", "-5"])
+def test_an_alive_interval_that_is_not_seconds_is_refused_naming_the_variable(monkeypatch, given):
+    monkeypatch.setenv("MONGO_MIGRATE_ALIVE_EVERY_S", given)
+    with pytest.raises(BadInput) as exc:
+        alive_every_s()
+    assert str(exc.value) == (f"MONGO_MIGRATE_ALIVE_EVERY_S={given!r}: give seconds between 0 and 3600, "
+                              "such as 30 (or unset it)")
