@@ -3,6 +3,7 @@ longer wait for SQLite's lock: flows/temporary_server.py says why), and a settin
 themselves is kept."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from mongo_migrate.deployments.serve import server_env
@@ -20,8 +21,14 @@ def process_environment(pid: int) -> dict[str, str]:
 
 
 def temporary_server_environment() -> dict[str, str]:
+    """The environment the server process was started with: read once it has exec'd (until then /proc
+    shows the environment this process itself started with, and its command line)."""
     server = TemporaryServer()
     try:
+        deadline = time.monotonic() + 30
+        while b"mongo_migrate.flows.temporary_server" not in Path(f"/proc/{server.proc.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the temporary server's process did not start"
+            time.sleep(0.01)
         return process_environment(server.proc.pid)
     finally:
         server.stop()
