@@ -1,5 +1,6 @@
 """The Prefect servers this project starts get SQLITE_SERVER_SETTINGS (task runs recorded in batches, a
-longer wait for SQLite's lock: flows/temporary_server.py says why), and a setting the user has made
+longer wait for SQLite's lock), the temporary one TEMPORARY_SERVER_SETTINGS too (no automations, no
+block-type registration at start; flows/temporary_server.py says why), and a setting the user has made
 themselves is kept."""
 from __future__ import annotations
 
