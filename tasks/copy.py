@@ -348,6 +348,8 @@ def _insert_documents(target: Collection, stream: bytes, offsets: list[int], tar
         target.insert_many(docs, ordered=False, bypass_document_validation=True)
         return len(docs)
     except BulkWriteError as exc:
+        if exc.details.get("writeConcernErrors"):
+            raise  # not durable yet: the range's retry writes them again (as the raw path does)
         refused = [e for e in exc.details.get("writeErrors", []) if not _already_there(e)]
         _report_refused(refused, lambda e: docs[e["index"]], target_ns, skip_refused)
         return exc.details.get("nInserted", 0)

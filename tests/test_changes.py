@@ -2,6 +2,7 @@
 engine against the real replica sets (no Prefect flow)."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -13,6 +14,7 @@ from bson.timestamp import Timestamp
 from pymongo import DeleteOne, ReplaceOne
 
 from mongo_migrate.blocks.errors import OplogWindowExceeded
+from mongo_migrate.blocks.mongo import close_clients
 from mongo_migrate.blocks.spec import META_DATABASE, parse_spec
 from mongo_migrate.tasks.common import RAW
 from mongo_migrate.tasks.namespaces import NamespaceMapper, plan_namespaces
@@ -23,7 +25,8 @@ from mongo_migrate.tasks.sync.events import (Batch, CreateCollection, CreateInde
                                              RenameCollection, change_stream_pipeline, format_delay, partition_writes,
                                              plan_change, token_time, transaction_of)
 from mongo_migrate.tasks.sync.position import save_start_point, source_cluster_time
-from tests.conftest import assert_same_documents, index_specs, user_collections
+from mongo_migrate.sandbox.mongod import Mongod
+from tests.conftest import assert_same_documents, index_specs, make_spec, user_collections
 
 SPEC = {"source": {"uri": "mongodb://127.0.0.1:1/"}, "destination": {"uri": "mongodb://127.0.0.1:2/"},
         "migration_types": ["full", "incremental"]}
@@ -291,6 +294,37 @@ def test_documents_parked_by_a_killed_run_are_written_back(src_client, dst_clien
     run_until_caught_up(spec)
     assert_same_documents(src_client, dst_client, "shop.items")
     assert "parked" not in read_sync_state(spec)
+
+
+def test_writes_answered_with_a_write_concern_error_are_made_again(source, src_client, tmp_path, caplog):
+    """A write concern error (the destination applied the writes but a majority may not have them:
+    a failover can roll them back) is not a success: the batch is made again, and the checkpoint
+    moves only after that. Real server fault: failCommand's writeConcernError."""
+    with Mongod(tmp_path / "dst", replset="wce", extra_args=["--setParameter", "enableTestCommands=1"]) as dest, \
+            dest.client() as dst_client:
+        spec = make_spec(source, dest, migration_types=["full", "incremental"], objects=[{"database": "shop"}])
+        # the collection exists on both sides before the start point: no create event, whose
+        # checkpoint (an update too) would take the fault first
+        src_client.shop.docs.insert_one({"_id": -1})
+        dst_client.shop.docs.insert_one({"_id": -1})
+        save_start_point(spec, resumed=False)
+        src_client.shop.docs.insert_many([{"_id": i, "v": i} for i in range(50)])
+        src_client.shop.docs.delete_many({"_id": {"$lt": 10}})
+        for command in ("update", "delete"):  # the sync's upserts, then its deletes
+            dst_client.admin.command("configureFailPoint", "failCommand", mode={"times": 1}, data={
+                "failCommands": [command], "appName": "mongo-migrate",
+                "writeConcernError": {"code": 64, "codeName": "WriteConcernFailed",
+                                      "errmsg": "waiting for replication timed out", "errInfo": {"wtimeout": True}}})
+            with caplog.at_level(logging.WARNING, logger="mongo_migrate.changes"):
+                run_until_caught_up(spec)
+            retried = [r.getMessage() for r in caplog.records if "while applying changes" in r.getMessage()]
+            assert retried and "BulkWriteError" in retried[-1], command
+            caplog.clear()
+            src_client.shop.docs.update_one({"_id": 20}, {"$set": {"again": command}})
+            src_client.shop.docs.delete_one({"_id": 30 if command == "update" else 31})
+        run_until_caught_up(spec)
+        assert_same_documents(src_client, dst_client, "shop.docs")
+        close_clients()
 
 
 def test_ddl_follows_selection_and_mapping(src_client, dst_client, spec_for):

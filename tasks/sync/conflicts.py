@@ -83,6 +83,8 @@ class UniqueConflicts:
                 coll.bulk_write([write.operation()], bypass_document_validation=True)
                 return
             except BulkWriteError as exc:
+                if exc.details.get("writeConcernErrors"):
+                    raise  # not durable yet: the sync makes the whole batch again (engine.py)
                 error = exc.details.get("writeErrors", [{}])[0]
                 if error.get("code") != DUPLICATE_KEY:
                     raise ChangeApplyError(f"{'.'.join(write.target)}: {error.get('errmsg')}") from None

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from bson.timestamp import Timestamp
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
 
 from mongo_migrate.blocks.errors import ChangeApplyError, OplogWindowExceeded
 from mongo_migrate.blocks.mongo import open_client, server_hello
@@ -53,7 +53,13 @@ def destination_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, BulkWriteError):
         errors = exc.details.get("writeErrors", [])
+        if exc.details.get("writeConcernErrors"):
+            # applied, but not (yet) on a majority: a failover may roll it back, so it is made again
+            # (every write of the sync states a whole document: making it twice is harmless)
+            return all(e.get("code") in _UNAVAILABLE_CODES or e.get("code") == DUPLICATE_KEY for e in errors)
         return bool(errors) and all(e.get("code") in _UNAVAILABLE_CODES for e in errors)
+    if isinstance(exc, WriteConcernError):  # the same, for a single write or a DDL command
+        return True
     if isinstance(exc, OperationFailure):
         return exc.has_error_label("RetryableWriteError") or exc.code in _UNAVAILABLE_CODES
     return False
@@ -459,10 +465,10 @@ class ChangeSync:
             target_collection(self.spec, target).bulk_write(
                 [w.operation() for w in group], ordered=ordered, bypass_document_validation=True)
         except BulkWriteError as exc:
+            if destination_unavailable(exc):
+                raise  # retried whole by _flush
             errors = exc.details.get("writeErrors", [])
             refused = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-            if refused and destination_unavailable(exc):
-                raise  # retried whole by _flush
             if refused:
                 first = refused[0]
                 raise ChangeApplyError(
