@@ -35,6 +35,7 @@ from mongo_migrate.tasks.state import sync_state_collection
 from mongo_migrate.tasks.sync.engine import ChangeSync
 from mongo_migrate.tasks.sync.events import format_delay
 from mongo_migrate.tasks.sync.position import source_cluster_time
+from mongo_migrate.tasks.verify import verify_collection_task
 
 
 class SyncReport(BaseModel):
@@ -116,6 +117,17 @@ def _wait_until_ready(sync: ChangeSync, worker: threading.Thread, threshold: flo
         if delay is not None and delay <= threshold:
             return delay
         time.sleep(0.2)
+
+
+def _with_document_ids(spec: MigrationSpec, plan: MigrationPlan, check: CollectionCheck) -> str:
+    """A failed cutover check, with the documents that differ named: the collection is verified whole
+    (only on this failure path; the source is still), so the error says which _ids to look at."""
+    found = next((p for p in plan.data_plans if p.source_ns == check.source_ns and p.kind == "collection"), None)
+    if found is None:
+        return check.describe()
+    verified = verify_collection_task(spec, found, recheck_delay_s=0)
+    named = verified.document_differences()
+    return f"{check.describe()}: {named}" if named else check.describe()
 
 
 def _approval_description(run_id: str | None, sync: ChangeSync, spec: MigrationSpec) -> str:
@@ -226,8 +238,8 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
                 hint = "" if block.blocked else (
                     " (was the source still written? stop the application's writes before approving, "
                     "or set incremental_options.block_source_writes_at_cutover)")
-                raise CutoverVerificationFailed("cutover check found differences: "
-                                                + "; ".join(c.describe() for c in bad[:5]) + hint)
+                raise CutoverVerificationFailed("cutover check found differences: " + "; ".join(
+                    _with_document_ids(spec, final_plan, c) for c in bad[:5]) + hint)
         except BaseException:
             if block.blocked:
                 unblock_source_writes_task(spec)

@@ -284,14 +284,18 @@ class CollectionVerification(BaseModel):
     def equal(self) -> bool:
         return not self.problems and not (self.missing or self.extra or self.different)
 
-    def describe(self) -> str:
-        """One line on what differs."""
-        parts = []
+    def document_differences(self) -> str:
+        """"1 missing, 2 extra (missing _id 7, extra _id 9, ...)", or "" when the documents are equal."""
         counts = [f"{n} {k}" for n, k in ((self.missing, "missing"), (self.extra, "extra"),
                                           (self.different, "different")) if n]
-        if counts:
-            ids = ", ".join(f"{d.kind} _id {d.id}" for d in self.differences if d.kind != "skipped")
-            parts.append(", ".join(counts) + (f" ({ids[:300]})" if ids else ""))
+        if not counts:
+            return ""
+        ids = ", ".join(f"{d.kind} _id {d.id}" for d in self.differences if d.kind != "skipped")
+        return ", ".join(counts) + (f" ({ids[:300]})" if ids else "")
+
+    def describe(self) -> str:
+        """One line on what differs."""
+        parts = [self.document_differences()] if self.document_differences() else []
         parts += self.problems
         return f"{self.source_ns} -> {self.target_ns}: " + ("; ".join(parts) or "equal")
 

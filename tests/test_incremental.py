@@ -207,3 +207,26 @@ def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_cl
     summary = migrate(spec)
     assert summary.resumed and summary.sync.status == "cut_over" and summary.counts_match
     assert_destination_equals_source(src_client, dst_client)
+
+
+def test_a_failed_cutover_check_names_the_documents_that_differ(src_client, dst_client, spec_for):
+    """What the cutover's counts cannot say (which documents), the error does: the collection that
+    failed its check is verified whole, and its missing and extra _ids are named."""
+    started = datetime.now(timezone.utc)
+    seed(src_client, docs=200)
+
+    def approver():
+        run = wait_for(lambda: waiting_since(started), what="the run to wait")[0]
+        # written to the destination behind the sync's back: what the check must catch and name
+        dst_client.shop_v2.orders.insert_many([{"_id": "stray-1"}, {"_id": "stray-2"}])
+        dst_client.shop_v2.orders.delete_one({"_id": 7})
+        approve_cutover(str(run.id), note="with strays")
+
+    threading.Thread(target=approver, daemon=True).start()
+    with pytest.raises(Exception) as failed:
+        migrate(incremental_spec(spec_for))
+    message = str(failed.value)
+    assert ("cutover check found differences: shop.orders -> shop_v2.orders: 200 documents on the source, "
+            "201 on the destination: 1 missing, 2 extra (missing _id 7, extra _id \"stray-1\", "
+            "extra _id \"stray-2\")") in message, message
+    assert read_sync_state(incremental_spec(spec_for))["status"] != "cut_over"
