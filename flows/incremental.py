@@ -114,7 +114,9 @@ def _wait_until_ready(sync: ChangeSync, worker: threading.Thread, threshold: flo
         if not worker.is_alive():
             raise RuntimeError("the sync stopped unexpectedly")
         delay = sync.delay_s
-        if delay is not None and delay <= threshold:
+        # not before the stream's first reply: until then the delay is the saved position's age, and a
+        # sync stopped then (approval timeout, declined) would have no position of its own to save
+        if delay is not None and delay <= threshold and sync.stream_answered:
             return delay
         time.sleep(0.2)
 

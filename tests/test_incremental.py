@@ -185,10 +185,9 @@ def test_sync_killed_then_run_again_and_approved_from_another_process(
 def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_client, spec_for):
     started = datetime.now(timezone.utc)
     seed(src_client, docs=200)
-    # 3 s: time for the stream's first reply (a getMore that waits up to 0.5 s), whose resume token is
-    # the position saved. A sync stopped before any reply saves none: its start point, saved before the
-    # copy, is then where a rerun starts, as here (under load a 1 s timeout came first once)
-    summary = migrate(incremental_spec(spec_for, approval_timeout_s=3))
+    # the run is ready for approval only once the change stream has replied (its resume token is the
+    # position saved), so even a 1 s timeout leaves a position of the sync's own
+    summary = migrate(incremental_spec(spec_for, approval_timeout_s=1))
     assert summary.sync.status == "approval_timeout" and not summary.counts_match
     spec = incremental_spec(spec_for)
     state = read_sync_state(spec)

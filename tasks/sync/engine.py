@@ -120,6 +120,7 @@ class ChangeSync:
         self.batches = 0
         self.ddl_applied = 0
         self.caught_up = False
+        self.stream_answered = False  # the change stream has replied once: the position is confirmed
         self.position_time: Timestamp | None = None  # cluster time up to which changes are applied
         self._applied_wall: float | None = None  # the source's wall clock for the same
         self._token: Any = None
@@ -353,6 +354,7 @@ class ChangeSync:
             if isinstance(item, _Failed):
                 self._flush(batch)
                 raise item.error
+            self.stream_answered = True
             if isinstance(item, _Idle):
                 batch = self._flush(batch)
                 self._token, self.position_time = item.token, token_time(item.token)
