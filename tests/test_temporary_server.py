@@ -4,11 +4,14 @@ block-type registration at start; flows/temporary_server.py says why), and a set
 themselves is kept."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from mongo_migrate.deployments.serve import server_env
-from mongo_migrate.flows.temporary_server import SQLITE_SERVER_SETTINGS, TEMPORARY_SERVER_SETTINGS, TemporaryServer
+from mongo_migrate.flows.temporary_server import (ORPHAN_GRACE_S, SQLITE_SERVER_SETTINGS, TEMPORARY_SERVER_SETTINGS,
+                                                  TemporaryServer)
 
 BATCH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"
 FLUSH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"
@@ -57,3 +60,33 @@ def test_served_prefect_gets_the_sqlite_settings_unless_the_user_set_them():
     assert (env[BATCH], env[FLUSH], env[TIMEOUT]) == ("100", "3", "60")
     unset = server_env(4321, base={})
     assert {name: unset[name] for name in SQLITE_SERVER_SETTINGS} == SQLITE_SERVER_SETTINGS
+
+
+def process_ended(pid: int) -> bool:
+    """Gone, or a zombie (ended; whether PID 1 reaps it is the container's business)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def test_a_killed_commands_temporary_server_ends_itself():
+    """A command SIGKILLed runs no exit handler, so nothing stops its temporary server: the server sees
+    its parent gone and ends ORPHAN_GRACE_S later, instead of serving nobody until the machine restarts."""
+    command = subprocess.Popen([sys.executable, "-c", (
+        "import time\n"
+        "from mongo_migrate.flows.temporary_server import TemporaryServer\n"
+        "server = TemporaryServer()\nserver.wait_ready()\nprint(server.proc.pid, flush=True)\ntime.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(command.stdout.readline())
+    finally:
+        command.kill()
+        command.wait()
+    killed = time.monotonic()
+    time.sleep(ORPHAN_GRACE_S / 2)
+    assert not process_ended(server_pid), "the server ended before its grace time"
+    while not process_ended(server_pid):
+        assert time.monotonic() - killed < ORPHAN_GRACE_S + 20, "the orphaned temporary server is still running"
+        time.sleep(0.2)
+    assert time.monotonic() - killed >= ORPHAN_GRACE_S
