@@ -295,8 +295,8 @@ class CollectionVerification(BaseModel):
 
     def describe(self) -> str:
         """One line on what differs."""
-        parts = [self.document_differences()] if self.document_differences() else []
-        parts += self.problems
+        named = self.document_differences()
+        parts = ([named] if named else []) + self.problems
         return f"{self.source_ns} -> {self.target_ns}: " + ("; ".join(parts) or "equal")
 
 

@@ -16,6 +16,7 @@ from pymongo import DeleteOne, ReplaceOne
 from mongo_migrate.blocks.errors import OplogWindowExceeded
 from mongo_migrate.blocks.mongo import close_clients
 from mongo_migrate.blocks.spec import META_DATABASE, parse_spec
+from mongo_migrate.sandbox.mongod import Mongod
 from mongo_migrate.tasks.common import RAW
 from mongo_migrate.tasks.namespaces import NamespaceMapper, plan_namespaces
 from mongo_migrate.tasks.state import abandon_run, read_sync_state, resumable_run, start_run, sync_state_collection
@@ -25,7 +26,6 @@ from mongo_migrate.tasks.sync.events import (Batch, CreateCollection, CreateInde
                                              RenameCollection, change_stream_pipeline, format_delay, partition_writes,
                                              plan_change, token_time, transaction_of)
 from mongo_migrate.tasks.sync.position import save_start_point, source_cluster_time
-from mongo_migrate.sandbox.mongod import Mongod
 from tests.conftest import assert_same_documents, index_specs, make_spec, user_collections
 
 SPEC = {"source": {"uri": "mongodb://127.0.0.1:1/"}, "destination": {"uri": "mongodb://127.0.0.1:2/"},
