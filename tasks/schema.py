@@ -87,6 +87,11 @@ def build_indexes(spec: MigrationSpec, plan: CollectionPlan, defer_unique: bool 
                 if not s.get("unique"):
                     wanted.append(s)
                 elif not existing.get(s["name"], {}).get("unique"):
+                    if existing.get(s["name"], {}).get("prepareUnique"):
+                        # a cutover killed between convert_to_unique's two collMods: the index is
+                        # put back as built (it would refuse the sync's passing duplicates, and
+                        # createIndexes would call the spec without prepareUnique a conflict)
+                        db.command("collMod", plan.target_name, index={"name": s["name"], "prepareUnique": False})
                     wanted.append({k: v for k, v in s.items() if k != "unique"})
                     deferred.append(s["name"])
                 # else: made unique already by an earlier attempt of this run; rebuilding it without

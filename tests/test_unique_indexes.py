@@ -55,6 +55,11 @@ def test_unique_index_waits_for_the_sync_then_is_converted(src_client, dst_clien
     assert dest_ix == {k: v for k, v in index_specs(src_client, "crm.users")["email_1"].items() if k != "unique"}
     # a rerun (resumed run) builds again without conflicting with the index already there
     assert build_indexes(spec, plan, defer_unique=True).deferred_unique == ["email_1"]
+    # a cutover killed between the conversion's two collMods leaves it prepareUnique: a rerun puts it
+    # back as built (it failed here with "An equivalent index already exists ... different options")
+    dst_client.crm.command("collMod", "users", index={"name": "email_1", "prepareUnique": True})
+    assert build_indexes(spec, plan, defer_unique=True).deferred_unique == ["email_1"]
+    assert index_specs(dst_client, "crm.users")["email_1"] == dest_ix
 
     # the sync writes A's current state; then the conversion finds nothing to refuse
     dst_client.crm.users.replace_one({"_id": "A"}, src_client.crm.users.find_one({"_id": "A"}))
