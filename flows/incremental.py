@@ -26,9 +26,10 @@ from mongo_migrate.blocks.spec import MigrationSpec
 from mongo_migrate.flows.approval import SYNC_FLOW_NAME, tell_approval_listeners, wait_for_approval
 from mongo_migrate.flows.progress import REPORT_EVERY_S, SyncReporter
 from mongo_migrate.flows.spec_flow import spec_flow
-from mongo_migrate.tasks.cutover import (CollectionCheck, abandon_run_task, block_source_writes_task,
+from mongo_migrate.tasks.cutover import (UNBLOCK_HINT, CollectionCheck, abandon_run_task, block_source_writes_task,
                                          check_collection_task, drain_point_task, forget_deferred_unique,
-                                         pending_unique, recopy_collection_task, unblock_source_writes_task)
+                                         pending_unique, recopy_collection_task, source_writes_blocked,
+                                         unblock_source_writes_task)
 from mongo_migrate.tasks.namespaces import MigrationPlan, plan_namespaces_task
 from mongo_migrate.tasks.schema import convert_to_unique_task
 from mongo_migrate.tasks.state import sync_state_collection
@@ -158,6 +159,10 @@ def incremental_sync(spec: MigrationSpec, plan: MigrationPlan) -> SyncReport:
     run_id = flow_run.get_id()
     previous = _mark_sync_started(spec, run_id, flow_run.get_parent_flow_run_id())
     _supersede(previous, run_id, logger)
+    if source_writes_blocked(spec):
+        logger.warning("user writes on the source are blocked (setUserWriteBlockMode), as a cutover that was "
+                       "interrupted leaves them: the application cannot write to the source until this "
+                       "cutover is approved, or until they are unblocked: %s", UNBLOCK_HINT)
     timeseries = [p.source_ns for p in plan.data_plans if p.kind == "timeseries"]
     if timeseries:
         logger.warning("time-series collections have no change events; they are copied again at "

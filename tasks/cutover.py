@@ -57,6 +57,18 @@ def unblock_source_writes(spec: MigrationSpec) -> None:
         log.warning("could not unblock writes on the source (%s): run %s", exc, UNBLOCK_HINT)
 
 
+def source_writes_blocked(spec: MigrationSpec) -> bool | None:
+    """Are user writes on the source blocked (setUserWriteBlockMode, 6.0+)? None when the server does
+    not say (before 6.0) or cannot be asked (an account without serverStatus). A cutover that was interrupted
+    after `block_source_writes` leaves them blocked: the application cannot write meanwhile."""
+    try:
+        mode = open_client(spec.source.resolve()).admin.command("serverStatus").get("repl", {}).get(
+            "userWriteBlockMode")
+    except PyMongoError:  # advisory: an account without serverStatus, a network blip
+        return None
+    return None if mode is None else mode == 2  # 1: writes allowed, 2: blocked
+
+
 class DrainPoint(BaseModel):
     time: int
     inc: int

@@ -182,7 +182,7 @@ def test_sync_killed_then_run_again_and_approved_from_another_process(
     assert serverless.returncode == 2 and "no Prefect server is configured" in serverless.stderr
 
 
-def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_client, spec_for):
+def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_client, spec_for, caplog):
     started = datetime.now(timezone.utc)
     seed(src_client, docs=200)
     # the run is ready for approval only once the change stream has replied (its resume token is the
@@ -203,9 +203,17 @@ def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_cl
         approve_cutover(str(run.id), note="rerun")
 
     threading.Thread(target=approver, daemon=True).start()
-    summary = migrate(spec)
+    # the source's user writes blocked, as a cutover interrupted after blocking them leaves it: the
+    # rerun says so (the application cannot write meanwhile), and cuts over all the same
+    src_client.admin.command("setUserWriteBlockMode", **{"global": True})
+    try:
+        summary = migrate(spec)
+    finally:
+        src_client.admin.command("setUserWriteBlockMode", **{"global": False})
     assert summary.resumed and summary.sync.status == "cut_over" and summary.counts_match
     assert_destination_equals_source(src_client, dst_client)
+    warned = [r.getMessage() for r in caplog.records if "user writes on the source are blocked" in r.getMessage()]
+    assert len(warned) == 1 and "setUserWriteBlockMode: 1, global: false" in warned[0], warned
 
 
 def test_a_failed_cutover_check_names_the_documents_that_differ(src_client, dst_client, spec_for):
