@@ -126,13 +126,12 @@ def _with_document_ids(spec: MigrationSpec, plan: MigrationPlan, check: Collecti
     """A failed cutover check, with the documents that differ named: the collection is verified whole
     (only on this failure path; the source is still), so the error says which _ids to look at."""
     found = next((p for p in plan.data_plans if p.source_ns == check.source_ns and p.kind == "collection"), None)
-    if found is None:
-        return check.describe()
-    try:
-        named = verify_collection_task(spec, found, recheck_delay_s=0).document_differences()
-    except Exception as exc:  # noqa: BLE001 - the check's own finding is the error to report
-        get_run_logger().warning("could not name the documents that differ in %s: %s", check.target_ns, exc)
-        return check.describe()
+    named = ""
+    if found is not None:
+        try:
+            named = verify_collection_task(spec, found, recheck_delay_s=0).document_differences()
+        except Exception as exc:  # noqa: BLE001 - the check's own finding is the error to report
+            get_run_logger().warning("could not name the documents that differ in %s: %s", check.target_ns, exc)
     return f"{check.describe()}: {named}" if named else check.describe()
 
 

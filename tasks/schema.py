@@ -86,8 +86,8 @@ def build_indexes(spec: MigrationSpec, plan: CollectionPlan, defer_unique: bool 
             for s in specs:
                 if not s.get("unique"):
                     wanted.append(s)
-                elif not existing.get(s["name"], {}).get("unique"):
-                    if existing.get(s["name"], {}).get("prepareUnique"):
+                elif not (built := existing.get(s["name"], {})).get("unique"):
+                    if built.get("prepareUnique"):
                         # a cutover killed between convert_to_unique's two collMods: the index is
                         # put back as built (it would refuse the sync's passing duplicates, and
                         # createIndexes would call the spec without prepareUnique a conflict)
