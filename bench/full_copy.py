@@ -150,6 +150,9 @@ def main() -> None:
                     help="dask: also the migration on a Dask LocalCluster of --workers processes, beside the threads")
     ap.add_argument("--prefect-floor", action="store_true",
                     help="also time a one-task Prefect flow run in a process of its own (Prefect's fixed cost)")
+    ap.add_argument("--docs-per-s", type=int, default=None,
+                    help="the migration's load cap (throttle.docs_per_s): a copy that leaves the destination "
+                         "cores to spare, as on a host of its own")
     ap.add_argument("--skew", action="store_true",
                     help="also 90%% of the documents in one collection (the same total), beside the even run")
     args = data_set(ap.parse_args())
@@ -171,6 +174,7 @@ def main() -> None:
                     "parallel_workers": args.workers,
                     **({"range_docs": args.range_docs} if args.range_docs else {}),
                     **({"runner": {"dask_local_workers": args.workers}} if runner == "dask" else {})},
+                **({"throttle": {"docs_per_s": args.docs_per_s}} if args.docs_per_s else {}),
             }))
         server = None
         if "server" in modes:

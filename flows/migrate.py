@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import queue
 import time
+from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 
 from prefect import unmapped
@@ -60,7 +62,8 @@ class MigrationSummary(BaseModel):
     copy_seconds: float
     index_seconds: float
     # wall seconds of each step, in the order they ran: precheck, prepare (the run's record), copy (the
-    # targets created and ranges cut, then copied), indexes, sync, verify
+    # targets created and ranges cut, then copied; a collection's indexes start as its copy ends), indexes
+    # (the builds still running after the copy), sync, verify
     phases: dict[str, float] = {}
     counts_match: bool
     sync: SyncReport | None = None  # incremental: the sync and its cutover
@@ -98,8 +101,11 @@ def precheck_steps(spec: MigrationSpec) -> PrecheckOutcome:
     return PrecheckOutcome(report=report, plan=plan)
 
 
-def full_copy(spec: MigrationSpec, plans: list[CollectionPlan], targets_created: list) -> list[CopyStats]:
-    """Copy every selected collection, big ones range by range, `parallel_workers` ranges at once.
+def full_copy(spec: MigrationSpec, plans: list[CollectionPlan], targets_created: list,
+              collection_copied: Callable[[CollectionPlan], None] = lambda plan: None) -> list[CopyStats]:
+    """Copy every selected collection, big ones range by range, `parallel_workers` ranges at once;
+    `collection_copied(plan)` is called (on the calling thread) as each collection's last range ends
+    well, while the others still copy.
 
     The ranges are tasks of the calling flow run, on the task runner of copy_options.runner (a thread
     pool sized by the spec, or Dask workers: flows/runners.py). (A subflow would do the sizing too, but
@@ -120,12 +126,17 @@ def full_copy(spec: MigrationSpec, plans: list[CollectionPlan], targets_created:
         # "full-copy-progress" and a bar per collection, once the ranges are on their way: the bars'
         # API writes (flows/artifacts.py) never hold up the copy's start
         progress = CopyProgress(spec, ranges)
-        return _settle_ranges(futures, ranges, progress)
+        for plan in plans:
+            if not any(r.plan.source_ns == plan.source_ns for r in ranges):
+                collection_copied(plan)  # nothing to copy
+        return _settle_ranges(futures, ranges, progress, collection_copied)
 
 
-def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
+def _settle_ranges(futures, ranges, progress: CopyProgress,
+                   collection_copied: Callable[[CollectionPlan], None] = lambda plan: None) -> list[CopyStats]:
     """Wait for every range before failing, so that each one has saved its checkpoint; move the
-    progress as ranges end and every PROGRESS_EVERY_S.
+    progress as ranges end and every PROGRESS_EVERY_S; call `collection_copied` with the plan of each
+    collection whose ranges have all ended well.
 
     Not prefect.futures.wait(timeout=...): on the main thread (the command's flow runs there) it arms
     a process alarm (SIGALRM) for its timeout, and an alarm that fires while the wait is inside its
@@ -137,6 +148,8 @@ def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
         fut.add_done_callback(ended.put)
     results: list[CopyStats] = []
     errors: list[BaseException] = []
+    ranges_left = Counter(r.plan.source_ns for r in ranges)
+    failed: set[str] = set()
     left = len(futures)
     shown = time.monotonic()
     while left:
@@ -146,11 +159,16 @@ def _settle_ranges(futures, ranges, progress: CopyProgress) -> list[CopyStats]:
             fut = None
         if fut is not None:
             left -= 1
+            ns = range_of[fut].plan.source_ns
             try:
                 results.append(fut.result())
             except BaseException as exc:  # noqa: BLE001 - reported below, after all ranges settle
                 errors.append(exc)
-            progress.range_finished(range_of[fut].plan.source_ns)
+                failed.add(ns)
+            progress.range_finished(ns)
+            ranges_left[ns] -= 1
+            if not ranges_left[ns] and ns not in failed:
+                collection_copied(range_of[fut].plan)
         if not left or time.monotonic() - shown >= PROGRESS_EVERY_S:
             progress.update()
             shown = time.monotonic()
@@ -211,12 +229,21 @@ def copy_to_verification(spec: MigrationSpec, outcome: PrecheckOutcome, run, pla
     data_plans = plan.data_plans
     # the targets (with their options) are created while the copy cuts its ranges
     targets_created = create_target_collection_task.map(unmapped(spec), data_plans)
-    stats = full_copy(spec, data_plans, targets_created)
+    # A collection's indexes are built as soon as its last range is copied, beside the ranges of the
+    # collections still copying: the build reads only that collection, and a destination with cores to
+    # spare builds it meanwhile instead of after the whole copy. Incremental: unique indexes are built
+    # without `unique` and made unique at cutover, once the sync has settled the keys a copy of a live
+    # source may hold twice for a moment (tasks/schema.py).
+    index_futures = []
+    try:
+        stats = full_copy(spec, data_plans, targets_created, collection_copied=lambda copied: index_futures.append(
+            build_indexes_task.submit(spec, copied, spec.incremental)))
+    except BaseException:
+        for building in index_futures:  # a failed copy leaves no index build running behind it
+            building.wait()
+        raise
     phases.lap("copy")
 
-    # incremental: unique indexes are built without `unique` and made unique at cutover, once the
-    # sync has settled the keys a copy of a live source may hold twice for a moment (tasks/schema.py)
-    index_futures = build_indexes_task.map(unmapped(spec), data_plans, unmapped(spec.incremental))
     views = create_views_task(spec, plan.views)
     index_results = [f.result() for f in index_futures]
     indexes = {r.target_ns: len(r.built) for r in index_results}
