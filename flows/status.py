@@ -19,6 +19,7 @@ from mongo_migrate.blocks.errors import NoRunError
 from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import META_DATABASE, MigrationSpec
 from mongo_migrate.flows.progress import SYNC_STATUS_EVENT, format_duration
+from mongo_migrate.tasks.cutover import UNBLOCK_HINT, source_writes_blocked
 from mongo_migrate.tasks.state import COPY_UNITS, RUNS, SYNC_STATE, process_silent_s
 from mongo_migrate.tasks.sync.events import format_delay
 from mongo_migrate.tasks.sync.position import oplog_window_left_s, ts_text
@@ -77,6 +78,9 @@ class MigrationStatus(BaseModel):
     # process has stopped (killed, its machine down) or cannot reach the destination (tasks/state.py)
     process_silent_s: float | None = None
     throttle: list[ThrottleStatus] = []
+    # the source refuses user writes (setUserWriteBlockMode, 6.0+; None: not said): a cutover blocked them,
+    # and one interrupted after that leaves the application unable to write until they are unblocked
+    source_writes_blocked: bool | None = None
     unavailable: list[str] = []
 
 
@@ -112,16 +116,28 @@ def read_status(spec: MigrationSpec) -> MigrationStatus:
     if status.stage in WORKING_STAGES and run.get("alive") is not None:
         status.process_silent_s = process_silent_s(run, meta.client.admin.command("hello")["localTime"])
 
+    _source_figures(spec, status, sync, position, digest)
+    if status.stage not in ("finished", "cut over, verifying") and not _source_unavailable(status):
+        # a cutover interrupted after blocking them leaves them blocked (after a finished one they are
+        # meant to be, and the source may be gone); asked last: a source down is not waited for twice
+        status.source_writes_blocked = source_writes_blocked(spec)
+    return status
+
+
+def _source_figures(spec: MigrationSpec, status: MigrationStatus, sync: dict, position, digest: str) -> None:
     # the delay means something once the sync has run (a failed one included); during the copy the
     # changes wait in the oplog, and only the window left matters
     live = status.stage in ("syncing", "waiting for approval")
     if position is None or status.stage in ("finished", "cut over, verifying", "abandoned"):
-        return status
+        return
     if live or status.stage == "stopped without cutover" or sync.get("cluster_time"):
         _sync_figures(spec, status, position, digest, live=live)
     else:
         _oplog_window(spec, status, position)
-    return status
+
+
+def _source_unavailable(status: MigrationStatus) -> bool:
+    return any(part.startswith("source:") for part in status.unavailable)
 
 
 def _collections(meta, digest: str) -> list[CollectionStatus]:
@@ -293,6 +309,9 @@ def status_text(s: MigrationStatus) -> str:
                      + f"; oplog window left {format_duration(s.oplog_window_left_s)}")
     if s.throttle:
         lines.append(throttle_text(s.throttle))
+    if s.source_writes_blocked:
+        lines.append("the source refuses user writes (a cutover interrupted after blocking them leaves them "
+                     f"so); to let the application write again: {UNBLOCK_HINT}")
     if s.last_error:
         lines.append(f"last error: {s.last_error}")
     for part in s.unavailable:

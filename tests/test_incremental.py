@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from mongo_migrate.flows.approval import approve_cutover, waiting_for_approval
 from mongo_migrate.flows.migrate import migrate
+from mongo_migrate.flows.status import read_status, status_text
 from mongo_migrate.tasks.state import read_sync_state
 from tests.conftest import ROOT, assert_same_documents, index_specs, user_collections
 from tests.endpoints import ENDPOINTS, endpoints  # noqa: F401 - the fixture, found by its name
@@ -203,10 +204,16 @@ def test_approval_timeout_ends_cleanly_then_a_rerun_continues(src_client, dst_cl
         approve_cutover(str(run.id), note="rerun")
 
     threading.Thread(target=approver, daemon=True).start()
-    # the source's user writes blocked, as a cutover interrupted after blocking them leaves it: the
-    # rerun says so (the application cannot write meanwhile), and cuts over all the same
+    assert read_status(spec).source_writes_blocked is False
+    # the source's user writes blocked, as a cutover interrupted after blocking them leaves it: status
+    # and the rerun say so (the application cannot write meanwhile), and it cuts over all the same
     src_client.admin.command("setUserWriteBlockMode", **{"global": True})
     try:
+        status = read_status(spec)
+        assert status.stage == "stopped without cutover" and status.source_writes_blocked is True
+        assert ("the source refuses user writes (a cutover interrupted after blocking them leaves them so); "
+                "to let the application write again: db.adminCommand({setUserWriteBlockMode: 1, global: false})"
+                ) in status_text(status)
         summary = migrate(spec)
     finally:
         src_client.admin.command("setUserWriteBlockMode", **{"global": False})
