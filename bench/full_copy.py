@@ -12,7 +12,8 @@ the same run, --rounds times each onto an empty destination, in turn:
              its own per-step seconds and the process's peak RSS (VmHWM) sampled from /proc.
 
 --prefect temporary (no PREFECT_API_URL: the command starts Prefect's temporary server), server (a
-`prefect server start` running beside, as a Prefect user has) or both. Prints medians, and the
+`prefect server start` running beside, as a Prefect user has; each run starts once that server is idle:
+it digests a run's events after the command has ended, seconds of CPU with many collections) or both. Prints medians, and the
 whole command's throughput over the ceiling's (target >= 0.6, peak RSS < 400 MB).
 
 --prefect-floor times, in each round, a flow run of one task in a process of its own that starts and
@@ -46,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
 from measure import (add_data_set_args, compile_project, data_set,  # noqa: E402  (bench/ is the script's directory)
-                     prefect_server, run_cli_json)
+                     prefect_server, run_cli_json, wait_until_idle)
 
 from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
 from mongo_migrate.sandbox.sample_data import encoded_documents  # noqa: E402
@@ -232,14 +233,17 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
         print(f"round {r + 1}: ceiling {insert_s + index_s:.1f}s (insert {insert_s:.1f} + index {index_s:.1f})")
         for label, (mode, spec_path) in runs.items():
             env = dict(base_env)
+            digesting = ""
             if mode == "server":
                 env["PREFECT_API_URL"] = server[1]
+                waited = wait_until_idle(server[0].pid)
+                digesting = f"; the Prefect server idle after {waited:.0f} s" if waited > 1.5 else ""
             summary, wall, peak, _ = run_cli_json(["run", str(spec_path)], env)
             assert summary["counts_match"] and summary["docs"] == total_docs, summary
             rows[label].append((wall, summary, peak))
             steps = ", ".join(f"{k} {v:.1f}" for k, v in summary["phases"].items())
             print(f"round {r + 1}: {label:<9} whole {wall:.1f}s; steps {steps}; outside the flow "
-                  f"{wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB")
+                  f"{wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB{digesting}")
             dc.drop_database("bench")
             dc.drop_database("mongo_migrate_meta")
         if args.prefect_floor:

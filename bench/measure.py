@@ -63,6 +63,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_until_idle(pid: int, timeout: float = 300.0) -> float:
+    """Wait until process `pid` uses under 5% of a core over a second (a Prefect server still digesting
+    the events of the run before: with many collections that takes it seconds after the command has
+    ended, and a run started meanwhile would share the cores with it); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - before < 0.05:
+            break
+    return time.monotonic() - started
+
+
 def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,)) -> tuple[dict, float, float, int]:
     """Run `mongo-migrate ARGS --json`; returns (its JSON, wall seconds, peak RSS MB, exit code)."""
     t = time.perf_counter()

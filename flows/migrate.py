@@ -21,12 +21,12 @@ from mongo_migrate.flows.spec_flow import spec_flow
 from mongo_migrate.flows.throttle import VariableWatcher
 from mongo_migrate.flows.verify import VerificationReport, verify_plan
 from mongo_migrate.tasks.connect import check_connectivity_task
-from mongo_migrate.tasks.copy import CopyStats, copy_collection_range_task, split_collection_task
+from mongo_migrate.tasks.copy import CopyStats, copy_collection_range_task, prepare_copy_task
 from mongo_migrate.tasks.cutover import record_deferred_unique_task
 from mongo_migrate.tasks.namespaces import CollectionPlan, MigrationPlan
 from mongo_migrate.tasks.notify import flow_run_url, notify_finished, notify_migration_failed, notify_precheck_failed
 from mongo_migrate.tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks
-from mongo_migrate.tasks.schema import build_indexes_task, create_target_collection_task, create_views_task
+from mongo_migrate.tasks.schema import build_indexes_task, create_views_task
 from mongo_migrate.tasks.state import RunAlive, finish_run_task, start_run_task
 from mongo_migrate.tasks.sync.position import save_start_point_task
 from mongo_migrate.tasks.verify import CollectionVerification
@@ -101,33 +101,29 @@ def precheck_steps(spec: MigrationSpec) -> PrecheckOutcome:
     return PrecheckOutcome(report=report, plan=plan)
 
 
-def full_copy(spec: MigrationSpec, plans: list[CollectionPlan], targets_created: list,
+def full_copy(spec: MigrationSpec, plans: list[CollectionPlan],
               collection_copied: Callable[[CollectionPlan], None] = lambda plan: None) -> list[CopyStats]:
-    """Copy every selected collection, big ones range by range, `parallel_workers` ranges at once;
-    `collection_copied(plan)` is called (on the calling thread) as each collection's last range ends
-    well, while the others still copy.
+    """Create the target collections, then copy every selected collection, big ones range by range,
+    `parallel_workers` ranges at once; `collection_copied(plan)` is called (on the calling thread) as
+    each collection's last range ends well, while the others still copy.
 
     The ranges are tasks of the calling flow run, on the task runner of copy_options.runner (a thread
     pool sized by the spec, or Dask workers: flows/runners.py). (A subflow would do the sizing too, but
     costs seconds per run: its tracking task run is a write that a local SQLite server often answers 503
     "database is locked", and the client retries it after 2 s; its heartbeat thread takes up to another
-    second to stop.)
-
-    `targets_created`: the futures of the target collections' creation, which the ranges are cut
-    beside (cutting reads the source only) and the copy waits for."""
+    second to stop.)"""
+    # the targets created (with their options) and the ranges cut, in one task (tasks/copy.py says why)
+    ranges = prepare_copy_task(spec, plans)
     with range_runner(spec) as runner:
-        splits = runner.map(split_collection_task, {"spec": unmapped(spec), "plan": plans})
-        ranges = [r for f in splits for r in f.result()]
-        for created in targets_created:
-            created.result()
         # biggest first, so that the last workers to finish are not stuck with a giant
         ranges.sort(key=lambda r: -r.estimated_docs)
         futures = runner.map(copy_collection_range_task, {"spec": unmapped(spec), "rng": ranges})
         # "full-copy-progress" and a bar per collection, once the ranges are on their way: the bars'
         # API writes (flows/artifacts.py) never hold up the copy's start
         progress = CopyProgress(spec, ranges)
+        with_ranges = {r.plan.source_ns for r in ranges}
         for plan in plans:
-            if not any(r.plan.source_ns == plan.source_ns for r in ranges):
+            if plan.source_ns not in with_ranges:
                 collection_copied(plan)  # nothing to copy
         return _settle_ranges(futures, ranges, progress, collection_copied)
 
@@ -227,8 +223,6 @@ def copy_to_verification(spec: MigrationSpec, outcome: PrecheckOutcome, run, pla
                          phases: PhaseClock) -> MigrationSummary:
     """migrate_steps from the full copy on."""
     data_plans = plan.data_plans
-    # the targets (with their options) are created while the copy cuts its ranges
-    targets_created = create_target_collection_task.map(unmapped(spec), data_plans)
     # A collection's indexes are built as soon as its last range is copied, beside the ranges of the
     # collections still copying: the build reads only that collection, and a destination with cores to
     # spare builds it meanwhile instead of after the whole copy. Incremental: unique indexes are built
@@ -236,7 +230,7 @@ def copy_to_verification(spec: MigrationSpec, outcome: PrecheckOutcome, run, pla
     # source may hold twice for a moment (tasks/schema.py).
     index_futures = []
     try:
-        stats = full_copy(spec, data_plans, targets_created, collection_copied=lambda copied: index_futures.append(
+        stats = full_copy(spec, data_plans, collection_copied=lambda copied: index_futures.append(
             build_indexes_task.submit(spec, copied, spec.incremental)))
     except BaseException:
         for building in index_futures:  # a failed copy leaves no index build running behind it

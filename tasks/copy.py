@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import TypeVar
 
@@ -37,6 +38,7 @@ from mongo_migrate.tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_
 from mongo_migrate.tasks.digest import StreamHash
 from mongo_migrate.tasks.namespaces import CollectionPlan
 from mongo_migrate.tasks.raw_batches import find_raw_batches
+from mongo_migrate.tasks.schema import create_target_collection
 from mongo_migrate.tasks.state import COPY_RANGES, COPY_UNITS, SKIPPED_DOCUMENTS, state_collection
 from mongo_migrate.tasks.throttle import COPY, limiter
 
@@ -444,6 +446,22 @@ def copy_collection_range(spec: MigrationSpec, rng: CopyRange) -> CopyStats:
     return stats
 
 
-split_collection_task = step(split_collection)
+def prepare_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyRange]:
+    """The copy's one step before the data: every target collection created with its options
+    (tasks/schema.py), and each collection cut into its ranges, `parallel_workers` collections at a time.
+
+    One task for all the collections, not two per collection: a task run costs the Prefect client and
+    server several milliseconds of CPU each, and with many small collections those runs were most of
+    the copy (bench/full_copy.py --collections 200)."""
+    def prepare(plan: CollectionPlan) -> list[CopyRange]:
+        create_target_collection(spec, plan)
+        return split_collection(spec, plan)
+
+    with ThreadPoolExecutor(max_workers=max(1, spec.copy_options.parallel_workers),
+                            thread_name_prefix="prepare") as pool:
+        return [r for ranges in pool.map(prepare, plans) for r in ranges]
+
+
+prepare_copy_task = step(prepare_copy)
 # a refused document fails at once (tasks/common.py worth_retrying); an outage gets 3 tries over ~40 s
 copy_collection_range_task = step(copy_collection_range, retries=3, retry_delay_seconds=(2, 10, 30))

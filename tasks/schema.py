@@ -216,7 +216,6 @@ def create_views(spec: MigrationSpec, views: list[CollectionPlan]) -> list[str]:
     return created
 
 
-create_target_collection_task = step(create_target_collection)
 build_indexes_task = step(build_indexes)
 convert_to_unique_task = step(convert_to_unique)
 create_views_task = step(create_views)
