@@ -18,7 +18,7 @@ from mongo_migrate.flows.spec_flow import spec_flow
 from mongo_migrate.tasks.connect import check_connectivity_task
 from mongo_migrate.tasks.copy import CopyStats
 from mongo_migrate.tasks.namespaces import MigrationPlan, plan_namespaces_task
-from mongo_migrate.tasks.verify import RECHECK_DELAY_S, CollectionVerification, verify_collection_task
+from mongo_migrate.tasks.verify import RECHECK_DELAY_S, CollectionVerification, verify_collections_task
 
 
 class VerificationReport(BaseModel):
@@ -92,6 +92,21 @@ def verify(spec: MigrationSpec, plan: MigrationPlan | None = None,
     return verify_plan(spec, plan, recheck_delay_s)
 
 
+GROUPS_PER_WORKER = 4
+
+
+def in_groups(items: list, groups: int) -> list[list]:
+    """`items` in order, cut into at most `groups` runs of about equal length."""
+    n = min(len(items), max(1, groups))
+    size, extra = divmod(len(items), n) if n else (0, 0)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
 def verify_plan(spec: MigrationSpec, plan: MigrationPlan, recheck_delay_s: float = RECHECK_DELAY_S,
                 copied: list[CopyStats] | None = None) -> VerificationReport:
     """Verify every collection and view of the plan, as tasks of the calling flow run (`verify`, or
@@ -105,12 +120,15 @@ def verify_plan(spec: MigrationSpec, plan: MigrationPlan, recheck_delay_s: float
     workers = spec.copy_options.parallel_workers
     at_once = max(1, min(workers, len(plan.data_plans)))
     scan_threads = max(2, 2 * workers // at_once)
+    # in groups: a task run per collection cost more than verifying a small one (tasks/verify.py), and
+    # with a few groups per worker a big collection does not hold many small ones up for long
+    groups = in_groups(plan.collections, GROUPS_PER_WORKER * workers)
     with range_runner(spec) as runner:  # where the copy ran (copy_options.runner)
-        futures = runner.map(verify_collection_task, {
-            "spec": unmapped(spec), "plan": plan.collections,
+        futures = runner.map(verify_collections_task, {
+            "spec": unmapped(spec), "plans": groups,
             "recheck_delay_s": unmapped(recheck_delay_s), "scan_threads": unmapped(scan_threads),
-            "copied": [[s for s in copied or [] if s.source_ns == p.source_ns] for p in plan.collections]})
-        report = VerificationReport(collections=[f.result() for f in futures])
+            "copied": [[[s for s in copied or [] if s.source_ns == p.source_ns] for p in group] for group in groups]})
+        report = VerificationReport(collections=[c for f in futures for c in f.result()])
     report.seconds = round(time.monotonic() - started, 3)
     artifacts.table("verification", verification_table(report), "Verification: " + (
         "equal" if report.equal else f"{len(report.unequal)} collections DIFFER"))

@@ -284,3 +284,13 @@ def test_migrate_ends_with_verification_and_the_cli_exit_codes(src_client, dst_c
     unreachable = run_cli("verify", str(gone))
     assert unreachable.returncode == 2
     assert "cannot verify: destination" in unreachable.stderr and "connection refused" in unreachable.stderr
+
+
+def test_collections_are_verified_in_groups_of_about_equal_length_in_order():
+    from mongo_migrate.flows.verify import in_groups
+
+    for n, groups in ((200, 16), (10, 3), (4, 16), (1, 4), (0, 4)):
+        cut = in_groups(list(range(n)), groups)
+        assert [i for g in cut for i in g] == list(range(n))  # every collection once, in order
+        assert len(cut) == min(n, groups) and all(cut)
+        assert not cut or max(map(len, cut)) - min(map(len, cut)) <= 1
