@@ -21,12 +21,12 @@ from mongo_migrate.flows.spec_flow import spec_flow
 from mongo_migrate.flows.throttle import VariableWatcher
 from mongo_migrate.flows.verify import VerificationReport, verify_plan
 from mongo_migrate.tasks.connect import check_connectivity_task
-from mongo_migrate.tasks.copy import CopyStats, copy_collection_range_task, prepare_copy_task
+from mongo_migrate.tasks.copy import CopyStats, copy_collection_ranges_task, copy_units, prepare_copy_task
 from mongo_migrate.tasks.cutover import record_deferred_unique_task
 from mongo_migrate.tasks.namespaces import CollectionPlan, MigrationPlan
 from mongo_migrate.tasks.notify import flow_run_url, notify_finished, notify_migration_failed, notify_precheck_failed
 from mongo_migrate.tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks
-from mongo_migrate.tasks.schema import build_indexes_task, create_views_task
+from mongo_migrate.tasks.schema import build_indexes_of_task, create_views_task
 from mongo_migrate.tasks.state import RunAlive, finish_run_task, start_run_task
 from mongo_migrate.tasks.sync.position import save_start_point_task
 from mongo_migrate.tasks.verify import CollectionVerification
@@ -102,10 +102,10 @@ def precheck_steps(spec: MigrationSpec) -> PrecheckOutcome:
 
 
 def full_copy(spec: MigrationSpec, plans: list[CollectionPlan],
-              collection_copied: Callable[[CollectionPlan], None] = lambda plan: None) -> list[CopyStats]:
+              collections_copied: Callable[[list[CollectionPlan]], None] = lambda plans: None) -> list[CopyStats]:
     """Create the target collections, then copy every selected collection, big ones range by range,
-    `parallel_workers` ranges at once; `collection_copied(plan)` is called (on the calling thread) as
-    each collection's last range ends well, while the others still copy.
+    `parallel_workers` ranges at once; `collections_copied(plans)` is called (on the calling thread)
+    with the collections whose last range a copy task has just ended well, while the others still copy.
 
     The ranges are tasks of the calling flow run, on the task runner of copy_options.runner (a thread
     pool sized by the spec, or Dask workers: flows/runners.py). (A subflow would do the sizing too, but
@@ -115,36 +115,36 @@ def full_copy(spec: MigrationSpec, plans: list[CollectionPlan],
     # the targets created (with their options) and the ranges cut, in one task (tasks/copy.py says why)
     ranges = prepare_copy_task(spec, plans)
     with range_runner(spec) as runner:
-        # biggest first, so that the last workers to finish are not stuck with a giant
-        ranges.sort(key=lambda r: -r.estimated_docs)
-        futures = runner.map(copy_collection_range_task, {"spec": unmapped(spec), "rng": ranges})
+        # biggest first, so that the last workers to finish are not stuck with a giant; small
+        # collections several to a task (tasks/copy.py copy_units)
+        units = copy_units(ranges, spec)
+        futures = runner.map(copy_collection_ranges_task, {"spec": unmapped(spec), "rngs": units})
         # "full-copy-progress" and a bar per collection, once the ranges are on their way: the bars'
         # API writes (flows/artifacts.py) never hold up the copy's start
         progress = CopyProgress(spec, ranges)
         with_ranges = {r.plan.source_ns for r in ranges}
-        for plan in plans:
-            if plan.source_ns not in with_ranges:
-                collection_copied(plan)  # nothing to copy
-        return _settle_ranges(futures, ranges, progress, collection_copied)
+        if nothing_to_copy := [plan for plan in plans if plan.source_ns not in with_ranges]:
+            collections_copied(nothing_to_copy)
+        return _settle_ranges(futures, units, progress, collections_copied)
 
 
-def _settle_ranges(futures, ranges, progress: CopyProgress,
-                   collection_copied: Callable[[CollectionPlan], None] = lambda plan: None) -> list[CopyStats]:
-    """Wait for every range before failing, so that each one has saved its checkpoint; move the
-    progress as ranges end and every PROGRESS_EVERY_S; call `collection_copied` with the plan of each
-    collection whose ranges have all ended well.
+def _settle_ranges(futures, units, progress: CopyProgress,
+                   collections_copied: Callable[[list[CollectionPlan]], None] = lambda plans: None) -> list[CopyStats]:
+    """Wait for every copy unit (its ranges) before failing, so that each range has saved its
+    checkpoint; move the progress as units end and every PROGRESS_EVERY_S; call `collections_copied`
+    with the plans of the collections whose ranges have all ended well, as each unit ends.
 
     Not prefect.futures.wait(timeout=...): on the main thread (the command's flow runs there) it arms
     a process alarm (SIGALRM) for its timeout, and an alarm that fires while the wait is inside its
     lock raised "RuntimeError: release unlocked lock" and failed a migration (seen at 20,000
     documents). Each future puts itself on a queue when it ends, on any task runner."""
-    range_of = dict(zip(futures, ranges))
+    unit_of = dict(zip(futures, units))
     ended: queue.SimpleQueue = queue.SimpleQueue()
     for fut in futures:
         fut.add_done_callback(ended.put)
     results: list[CopyStats] = []
     errors: list[BaseException] = []
-    ranges_left = Counter(r.plan.source_ns for r in ranges)
+    ranges_left = Counter(r.plan.source_ns for unit in units for r in unit)
     failed: set[str] = set()
     left = len(futures)
     shown = time.monotonic()
@@ -155,16 +155,21 @@ def _settle_ranges(futures, ranges, progress: CopyProgress,
             fut = None
         if fut is not None:
             left -= 1
-            ns = range_of[fut].plan.source_ns
+            unit = unit_of[fut]
             try:
-                results.append(fut.result())
+                results += fut.result()
             except BaseException as exc:  # noqa: BLE001 - reported below, after all ranges settle
                 errors.append(exc)
-                failed.add(ns)
-            progress.range_finished(ns)
-            ranges_left[ns] -= 1
-            if not ranges_left[ns] and ns not in failed:
-                collection_copied(range_of[fut].plan)
+                failed.update(r.plan.source_ns for r in unit)
+            copied = []
+            for rng in unit:
+                ns = rng.plan.source_ns
+                progress.range_finished(ns)
+                ranges_left[ns] -= 1
+                if not ranges_left[ns] and ns not in failed:
+                    copied.append(rng.plan)
+            if copied:
+                collections_copied(copied)
         if not left or time.monotonic() - shown >= PROGRESS_EVERY_S:
             progress.update()
             shown = time.monotonic()
@@ -230,8 +235,8 @@ def copy_to_verification(spec: MigrationSpec, outcome: PrecheckOutcome, run, pla
     # source may hold twice for a moment (tasks/schema.py).
     index_futures = []
     try:
-        stats = full_copy(spec, data_plans, collection_copied=lambda copied: index_futures.append(
-            build_indexes_task.submit(spec, copied, spec.incremental)))
+        stats = full_copy(spec, data_plans, collections_copied=lambda copied: index_futures.append(
+            build_indexes_of_task.submit(spec, copied, spec.incremental)))
     except BaseException:
         for building in index_futures:  # a failed copy leaves no index build running behind it
             building.wait()
@@ -239,7 +244,7 @@ def copy_to_verification(spec: MigrationSpec, outcome: PrecheckOutcome, run, pla
     phases.lap("copy")
 
     views = create_views_task(spec, plan.views)
-    index_results = [f.result() for f in index_futures]
+    index_results = [r for f in index_futures for r in f.result()]
     indexes = {r.target_ns: len(r.built) for r in index_results}
     if spec.incremental:
         record_deferred_unique_task(spec, index_results)

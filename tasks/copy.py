@@ -463,5 +463,41 @@ def prepare_copy(spec: MigrationSpec, plans: list[CollectionPlan]) -> list[CopyR
 
 
 prepare_copy_task = step(prepare_copy)
+
+
+def copy_collection_ranges(spec: MigrationSpec, rngs: list[CopyRange]) -> list[CopyStats]:
+    """copy_collection_range for each of `rngs` in turn: a copy unit, one range of a collection, or
+    several small collections copied whole (copy_units)."""
+    return [copy_collection_range(spec, rng) for rng in rngs]
+
+
+# at most this many units per copy worker are made of small whole collections
+SMALL_UNITS_PER_WORKER = 4
+
+
+def copy_units(ranges: list[CopyRange], spec: MigrationSpec) -> list[list[CopyRange]]:
+    """The copy's tasks, biggest first: each range of a collection alone, except that collections small
+    enough to be copied whole (at most a tenth of `range_docs`), when there are more of them than
+    SMALL_UNITS_PER_WORKER per worker, share tasks of about equal size. A task run costs the Prefect
+    client and server several milliseconds of CPU, more than copying a small collection
+    (bench/full_copy.py --collections 200)."""
+    workers = max(1, spec.copy_options.parallel_workers)
+    small = [r for r in ranges if r.lower_ejson is None and r.upper_ejson is None
+             and r.estimated_docs <= spec.copy_options.range_docs // 10]
+    wanted = SMALL_UNITS_PER_WORKER * workers
+    if len(small) <= wanted:
+        small = []
+    units = [[r] for r in ranges if not any(r is s for s in small)]
+    shared: list[list[CopyRange]] = [[] for _ in range(min(wanted, len(small)))]
+    load = [0] * len(shared)
+    for rng in sorted(small, key=lambda r: -r.estimated_docs):  # each to the lightest unit so far
+        i = load.index(min(load))
+        shared[i].append(rng)
+        load[i] += rng.estimated_docs + 1
+    units += shared
+    units.sort(key=lambda unit: -sum(r.estimated_docs for r in unit))
+    return units
+
+
 # a refused document fails at once (tasks/common.py worth_retrying); an outage gets 3 tries over ~40 s
-copy_collection_range_task = step(copy_collection_range, retries=3, retry_delay_seconds=(2, 10, 30))
+copy_collection_ranges_task = step(copy_collection_ranges, retries=3, retry_delay_seconds=(2, 10, 30))

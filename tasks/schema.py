@@ -216,6 +216,12 @@ def create_views(spec: MigrationSpec, views: list[CollectionPlan]) -> list[str]:
     return created
 
 
-build_indexes_task = step(build_indexes)
+def build_indexes_of(spec: MigrationSpec, plans: list[CollectionPlan], defer_unique: bool = False) -> list[IndexResult]:
+    """build_indexes for each of `plans` in turn: the collections one copy unit copied
+    (tasks/copy.py copy_units), in one task."""
+    return [build_indexes(spec, plan, defer_unique) for plan in plans]
+
+
+build_indexes_of_task = step(build_indexes_of)
 convert_to_unique_task = step(convert_to_unique)
 create_views_task = step(create_views)

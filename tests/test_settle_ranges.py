@@ -44,11 +44,11 @@ def as_the_command_runs():
 
 
 @task
-def copy_range(n: int) -> int:
+def copy_range(n: int) -> list[int]:
     time.sleep(0.2 + 0.3 * n)
     if n == 1:
         raise ValueError("range 1 failed")
-    return n
+    return [n]
 
 
 def test_every_range_settles_before_the_first_error_is_raised_and_no_alarm_is_armed(prefect_api):
@@ -66,11 +66,11 @@ def test_every_range_settles_before_the_first_error_is_raised_and_no_alarm_is_ar
     @flow
     def settle() -> list:
         futures = [copy_range.submit(n) for n in range(4)]
-        ranges = [SimpleNamespace(plan=SimpleNamespace(source_ns=f"db.c{n}")) for n in range(4)]
+        units = [[SimpleNamespace(plan=SimpleNamespace(source_ns=f"db.c{n}"))] for n in range(4)]
         watcher = threading.Thread(target=watch_the_process_timer, daemon=True)
         watcher.start()
         try:
-            return _settle_ranges(futures, ranges, progress)
+            return _settle_ranges(futures, units, progress)
         finally:
             stop.set()
             watcher.join()
