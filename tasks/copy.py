@@ -487,7 +487,8 @@ def copy_units(ranges: list[CopyRange], spec: MigrationSpec) -> list[list[CopyRa
     wanted = SMALL_UNITS_PER_WORKER * workers
     if len(small) <= wanted:
         small = []
-    units = [[r] for r in ranges if not any(r is s for s in small)]
+    shared_ids = {id(r) for r in small}
+    units = [[r] for r in ranges if id(r) not in shared_ids]
     shared: list[list[CopyRange]] = [[] for _ in range(min(wanted, len(small)))]
     load = [0] * len(shared)
     for rng in sorted(small, key=lambda r: -r.estimated_docs):  # each to the lightest unit so far
