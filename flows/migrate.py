@@ -122,9 +122,6 @@ def full_copy(spec: MigrationSpec, plans: list[CollectionPlan],
         # "full-copy-progress" and a bar per collection, once the ranges are on their way: the bars'
         # API writes (flows/artifacts.py) never hold up the copy's start
         progress = CopyProgress(spec, ranges)
-        with_ranges = {r.plan.source_ns for r in ranges}
-        if nothing_to_copy := [plan for plan in plans if plan.source_ns not in with_ranges]:
-            collections_copied(nothing_to_copy)
         return _settle_ranges(futures, units, progress, collections_copied)
 
 
