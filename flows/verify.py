@@ -123,11 +123,14 @@ def verify_plan(spec: MigrationSpec, plan: MigrationPlan, recheck_delay_s: float
     # in groups: a task run per collection cost more than verifying a small one (tasks/verify.py), and
     # with a few groups per worker a big collection does not hold many small ones up for long
     groups = in_groups(plan.collections, GROUPS_PER_WORKER * workers)
+    copied_by_ns: dict[str, list[CopyStats]] = {}
+    for stats in copied or []:
+        copied_by_ns.setdefault(stats.source_ns, []).append(stats)
     with range_runner(spec) as runner:  # where the copy ran (copy_options.runner)
         futures = runner.map(verify_collections_task, {
             "spec": unmapped(spec), "plans": groups,
             "recheck_delay_s": unmapped(recheck_delay_s), "scan_threads": unmapped(scan_threads),
-            "copied": [[[s for s in copied or [] if s.source_ns == p.source_ns] for p in group] for group in groups]})
+            "copied": [[copied_by_ns.get(p.source_ns, []) for p in group] for group in groups]})
         report = VerificationReport(collections=[c for f in futures for c in f.result()])
     report.seconds = round(time.monotonic() - started, 3)
     artifacts.table("verification", verification_table(report), "Verification: " + (
