@@ -13,8 +13,8 @@ the same run, --rounds times each onto an empty destination, in turn:
 
 --prefect temporary (no PREFECT_API_URL: the command starts Prefect's temporary server), server (a
 `prefect server start` running beside, as a Prefect user has; each run starts once that server is idle:
-it digests a run's events after the command has ended, seconds of CPU with many collections) or both. Prints medians, and the
-whole command's throughput over the ceiling's (target >= 0.6, peak RSS < 400 MB).
+it digests a run's events after the command has ended, seconds of CPU with many collections) or both.
+Prints medians, and the whole command's throughput over the ceiling's (target >= 0.6, peak RSS < 400 MB).
 
 --prefect-floor times, in each round, a flow run of one task in a process of its own that starts and
 ends as the command does: Prefect's fixed cost on this machine at that moment, printed beside the
