@@ -25,7 +25,7 @@ from mongo_migrate.tasks.copy import CopyStats, copy_collection_ranges_task, cop
 from mongo_migrate.tasks.cutover import record_deferred_unique_task
 from mongo_migrate.tasks.namespaces import CollectionPlan, MigrationPlan
 from mongo_migrate.tasks.notify import flow_run_url, notify_finished, notify_migration_failed, notify_precheck_failed
-from mongo_migrate.tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks
+from mongo_migrate.tasks.precheck import PrecheckReport, list_selected_objects_task, run_prechecks_task
 from mongo_migrate.tasks.schema import build_indexes_of_task, create_views_task
 from mongo_migrate.tasks.state import RunAlive, finish_run_task, start_run_task
 from mongo_migrate.tasks.sync.position import save_start_point_task
@@ -92,8 +92,8 @@ def precheck_steps(spec: MigrationSpec) -> PrecheckOutcome:
     source, destination = src_f.result(), dst_f.result()
     listing = list_selected_objects_task(spec) if source.reachable else None
     plan = listing.plan if listing else None
-    # every check item is a task of its own (tasks/precheck/: ITEMS)
-    report = run_prechecks(spec, source, destination, plan, listing.error if listing else None)
+    # the check items, side by side in one task (tasks/precheck/: ITEMS)
+    report = run_prechecks_task(spec, source, destination, plan, listing.error if listing else None)
     artifacts.table("precheck", precheck_table(report), f"Precheck: {'passed' if report.passed else 'FAILED'}")
     if not report.passed:
         # always sent (not switchable); links to the top-level run, the migration when there is one

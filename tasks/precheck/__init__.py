@@ -3,8 +3,9 @@
 Each check item is a plain function beside its name, in the module of its group, returning rows of the
 precheck table: passed, warning or failed, a one-line detail and, for anything not passed, what to do
 about it. A check that cannot run (an error reading the server) is a failed row, never an exception in
-the flow (report.py `check_item`). ITEMS below lists them in table order with what each needs; each
-runs as a Prefect task of its own. Adding an item is a function in its module and one entry here.
+the flow (report.py `check_item`). ITEMS below lists them in table order with what each needs; they
+run side by side in one Prefect task, the precheck step (`run_prechecks`). Adding an item is a function
+in its module and one entry here.
 
  1/2 source / destination connectivity   connectivity.py   7  incremental prerequisites  versions.py
  2b  source is not destination           connectivity.py   8  oplog window               capacity.py
@@ -18,8 +19,9 @@ runs as a Prefect task of its own. Adding an item is a function in its module an
 """
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Callable, Optional
 
 from mongo_migrate.blocks.spec import MigrationSpec
@@ -60,10 +62,6 @@ class Item:
     args: tuple[str, ...]
     needs: frozenset[str]
 
-    @cached_property
-    def task(self):
-        return step(self.check, retries=0)
-
 
 def item(check: Callable, *args: str, needs: tuple[str, ...]) -> Item:
     return Item(check, args, frozenset(needs))
@@ -90,7 +88,6 @@ ITEMS: list[Item] = [
     item(check_dask_cluster, "spec", needs=(DASK,)),
 ]
 
-read_source_inventory_task = step(read_source_inventory, retries=0)
 list_selected_objects_task = step(list_selected_objects, retries=0)
 
 
@@ -100,25 +97,35 @@ def _rows(value) -> list[CheckResult]:
 
 def run_prechecks(spec: MigrationSpec, source: EndpointInfo, destination: EndpointInfo,
                   plan: Optional[MigrationPlan], plan_error: Optional[str] = None) -> PrecheckReport:
-    """Run every item whose needs hold as a task (side by side, in the calling flow) and gather the
-    table in item order. Items that cannot run (an endpoint unreachable, the objects not listed) are
-    not run; one failed row says so."""
+    """Run every item whose needs hold, side by side, and gather the table in item order. Items that
+    cannot run (an endpoint unreachable, the objects not listed) are not run; one failed row says so.
+
+    One task for all items, not one each: a task run costs the Prefect client and server milliseconds
+    of CPU apiece (its state events), the items are a few round trips each, and on a machine the
+    copy shares, a 1,000,000-document run's Prefect server was still writing the precheck's task runs
+    seconds into the copy (README, Performance)."""
     have = {SOURCE: source.reachable, DESTINATION: destination.reachable, PLAN: plan is not None,
             SLACK: spec.notifications.slack is not None, DASK: spec.copy_options.runner != "threads"}
     have[INVENTORY] = have[SOURCE] and have[PLAN]
     values = {"spec": spec, "plan": plan, "source": source, "destination": destination}
     runnable = [i for i in ITEMS if all(have[n] for n in i.needs)]
-    inventory_f = read_source_inventory_task.submit(spec, plan) if have[INVENTORY] else None
-    futures = {i: i.task.submit(*(values[a] for a in i.args)) for i in runnable if INVENTORY not in i.needs}
     source_docs: dict[str, int] = {}
-    if inventory_f is not None:
-        values["inventory"] = inventory = inventory_f.result()
-        source_docs = {c.plan.source_ns: c.docs for c in inventory.collections}
-        futures.update({i: i.task.submit(*(values[a] for a in i.args)) for i in runnable if INVENTORY in i.needs})
+    with ThreadPoolExecutor(max_workers=max(1, len(runnable)), thread_name_prefix="precheck") as pool:
+        def submit(check: Callable, *args):
+            # in the task's context (its run, for log lines; Prefect's settings, the API's URL among them)
+            return pool.submit(contextvars.copy_context().run, check, *args)
+
+        inventory_f = submit(read_source_inventory, spec, plan) if have[INVENTORY] else None
+        futures = {i: submit(i.check, *(values[a] for a in i.args)) for i in runnable if INVENTORY not in i.needs}
+        if inventory_f is not None:
+            values["inventory"] = inventory = inventory_f.result()
+            source_docs = {c.plan.source_ns: c.docs for c in inventory.collections}
+            futures.update({i: submit(i.check, *(values[a] for a in i.args)) for i in runnable if INVENTORY in i.needs})
+        rows = {i: _rows(f.result()) for i, f in futures.items()}
 
     items = [check_endpoint(source), check_endpoint(destination)]
     for i in runnable:
-        items += _rows(futures[i].result())
+        items += rows[i]
     if plan is None and source.reachable:
         items.append(failed(OBJECTS, f"the source's databases and collections could not be listed: "
                             f"{plan_error or 'unknown error'}",
@@ -135,9 +142,12 @@ def run_prechecks(spec: MigrationSpec, source: EndpointInfo, destination: Endpoi
     return PrecheckReport(items=items, source_docs=source_docs)
 
 
+run_prechecks_task = step(run_prechecks, retries=0)
+
+
 __all__ = [
     "CheckResult", "PrecheckReport", "ObjectListing", "SourceInventory", "OplogWindow", "DestinationSpace",
-    "ITEMS", "Item", "run_prechecks", "list_selected_objects_task", "read_source_inventory_task",
+    "ITEMS", "Item", "run_prechecks", "run_prechecks_task", "list_selected_objects_task",
     "passed", "warning", "failed", "check_endpoint", "same_deployment",
     "check_distinct_deployments", "check_source_version", "classify_source_version",
     "check_destination_compatibility", "classify_destination", "index_problem", "collection_problem",
