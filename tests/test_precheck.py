@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -610,3 +611,31 @@ def test_cli_precheck_json_and_unreachable_destination(run_cli, src_client, sour
     # without --json the same report is printed as a table
     table = format_precheck(pc.PrecheckReport.model_validate(result))
     assert "FAIL  destination connectivity" in table and table.endswith("precheck FAILED")
+
+
+def test_items_run_side_by_side_in_the_calling_context(spec_for, monkeypatch):
+    """run_prechecks runs the items in threads of its one task: each item sees the context it was
+    called in (the task run, for its log lines; the command's Prefect settings, whose API URL the Dask
+    item reads), and the rows come back in ITEMS order whatever order the threads end in."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    seen: list = []
+
+    def slow(spec):
+        time.sleep(0.2)
+        seen.append(get_current_settings().api.url)
+        return pc.passed("slow item", "ran")
+
+    def quick(spec):
+        seen.append(get_current_settings().api.url)
+        return pc.passed("quick item", "ran")
+
+    monkeypatch.setattr(pc, "ITEMS", [pc.item(slow, "spec", needs=()), pc.item(quick, "spec", needs=())])
+    down = [EndpointInfo(role=role, display=role, reachable=False, problem="refused") for role in ("source", "destination")]
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        report = pc.run_prechecks(spec_for(), *down, plan=None)
+    assert seen == ["http://127.0.0.1:9/api"] * 2
+    names = [i.name for i in report.items]
+    assert names.index("slow item") < names.index("quick item")
+    assert report.item("slow item").status == "passed"
+    assert not report.passed  # the endpoints were down: their rows fail, and the others say not checked
