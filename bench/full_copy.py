@@ -24,6 +24,11 @@ command's time.
 with 90% of them in one collection (its ranges, range_docs each, spread over the workers), and prints
 its docs/s over the even layout's (target: within 10%).
 
+--pin puts the destination mongod on CPU 0 alone and everything else (the source, the command, the
+Prefect server, the ceiling's client) on CPU 1, for the ceiling and the migration alike: the destination
+as on a host of its own, where a real migration's source reads and tool do not take its cores (on this
+2-core machine they otherwise share them).
+
 --runner dask measures the migration a second time in each round, beside the thread pool, with
 copy_options.runner {dask_local_workers: --workers} (a LocalCluster of that many worker processes, one
 range at a time each; the thread pool and the ceiling use --workers threads), and prints its docs/s over
@@ -47,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
 from measure import (add_data_set_args, compile_project, data_set,  # noqa: E402  (bench/ is the script's directory)
-                     prefect_server, run_cli_json, wait_until_idle)
+                     pin_process, prefect_server, run_cli_json, wait_until_idle)
 
 from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
 from mongo_migrate.sandbox.sample_data import encoded_documents  # noqa: E402
@@ -154,9 +159,13 @@ def main() -> None:
     ap.add_argument("--docs-per-s", type=int, default=None,
                     help="the migration's load cap (throttle.docs_per_s): a copy that leaves the destination "
                          "cores to spare, as on a host of its own")
+    ap.add_argument("--pin", action="store_true",
+                    help="the destination mongod on CPU 0 alone, everything else on CPU 1 (see above)")
     ap.add_argument("--skew", action="store_true",
                     help="also 90%% of the documents in one collection (the same total), beside the even run")
     args = data_set(ap.parse_args())
+    if args.pin:
+        os.sched_setaffinity(0, {1})  # before anything starts: every process started from here inherits it
     compile_project()
     colls, total_docs = args.colls, args.total
     modes = ["temporary", "server"] if args.prefect == "both" else [args.prefect]
@@ -165,6 +174,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-full-copy-") as tmp, \
             Mongod(Path(tmp) / "src", replset="bsrc") as src, \
             Mongod(Path(tmp) / "dst", replset="bdst") as dst:
+        if args.pin:
+            pin_process(dst.proc.pid, {0})
+            print("pinned: the destination mongod on CPU 0, everything else on CPU 1")
         sc, dc = src.client(), dst.client()
         spec_paths = {}
         for runner in ["threads", "dask"] if args.runner == "dask" else ["threads"]:

@@ -57,6 +57,12 @@ def data_set_args(description: str, default_docs: int) -> argparse.Namespace:
     return data_set(ap.parse_args())
 
 
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of a running process on `cpus` (threads it starts later inherit it from theirs)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
