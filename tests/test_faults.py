@@ -384,3 +384,33 @@ def test_oplog_window_exceeded_fails_saying_to_run_the_full_migration_again(dest
     finally:
         close_clients()  # while tiny still answers: closing a client of a stopped server waits for it
         tiny.destroy()
+
+
+def test_a_sync_that_starts_while_the_destination_is_down_waits_for_it(source, dest, src_client, dst_client):
+    """The sync's first step reads its position (and its parked conflicts) on the destination: a
+    destination down as the sync starts, past the driver's own server selection timeout (2 s here),
+    is waited for as during the sync, then every change since the start point is applied."""
+    from mongo_migrate.tasks.sync.engine import ChangeSync
+    from mongo_migrate.tasks.sync.position import save_start_point, source_cluster_time
+
+    spec = make_spec(source, dest, objects=[{"database": "shop"}], migration_types=["full", "incremental"],
+                     destination={"uri": dest.admin_uri(), "timeout_s": 2})
+    save_start_point(spec, resumed=False)
+    src_client.shop.orders.insert_many([{"_id": i, "n": i} for i in range(100)])
+    goal = source_cluster_time(spec)
+    dest.stop()
+    sync = ChangeSync(spec)
+    worker = threading.Thread(target=sync.run_recording_failure, daemon=True)
+    worker.start()
+    try:
+        time.sleep(5)  # two server selection timeouts
+        assert sync.error is None and worker.is_alive()
+        dest.start()
+        assert sync.wait_until_applied(goal, timeout_s=60), "the sync did not catch up"
+    finally:
+        if dest.proc.poll() is not None:  # still stopped: the assertion above failed
+            dest.start()
+        sync.stop()
+        worker.join(30)
+    assert sync.error is None, sync.error
+    assert_same_documents(src_client, dst_client, "shop.orders")

@@ -203,7 +203,9 @@ class ChangeSync:
         out: queue.Queue = queue.Queue(maxsize=self.QUEUE_EVENTS)
         reader: threading.Thread | None = None
         try:
-            start = self._resume_point()
+            # the position (and the parked conflicts) are read on the destination: one that is down or
+            # failing over as the sync starts is waited for, as it is while the sync runs
+            start = self._while_destination_unavailable("reading the sync position", self._resume_point)
             source = open_client(self.spec.source.resolve())
             version = source.server_info()["version"]
             if not stream_has_ddl(version):
