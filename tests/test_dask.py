@@ -220,6 +220,20 @@ def test_dask_needs_a_prefect_api_the_workers_reach(spec_for):
         assert dask_runner_problem(remote) is None
 
 
+def test_dask_runner_without_prefect_dask_installed_fails_the_precheck_item(spec_for, monkeypatch):
+    """Where the flow runs without the `dask` extra (`import prefect_dask` fails), the precheck's Dask
+    row says so and how to install it, instead of the run failing as its runner starts."""
+    import sys
+
+    from mongo_migrate.tasks.precheck import check_dask_cluster
+
+    monkeypatch.setitem(sys.modules, "prefect_dask", None)  # what `import prefect_dask` meets uninstalled
+    row = check_dask_cluster(spec_for(copy_options={"runner": LOCAL_2}))
+    assert (row.status, row.detail, row.remedy) == (
+        "failed", "copy_options.runner asks for Dask, and prefect-dask is not installed where the flow runs",
+        "pip install 'mongo-migrate[dask]', or set copy_options.runner: threads")
+
+
 def test_unreachable_scheduler_fails_the_precheck(source, dest, src_client, prefect_server, tmp_path):
     src_client.shop.orders.insert_one({"_id": 1})
     address = f"tcp://127.0.0.1:{free_port()}"
