@@ -90,3 +90,47 @@ def test_a_killed_commands_temporary_server_ends_itself():
         assert time.monotonic() - killed < ORPHAN_GRACE_S + 20, "the orphaned temporary server is still running"
         time.sleep(0.2)
     assert time.monotonic() - killed >= ORPHAN_GRACE_S
+
+
+def test_a_start_skips_the_schema_upgrade_only_at_the_recorded_head(tmp_path):
+    """Prefect's server upgrades its database's schema as it starts; the temporary server skips that
+    (≈0.15 s) only when its SQLite database is at the head recorded for the installed Prefect, which the
+    command records once a server has upgraded. A database at another revision is upgraded as before."""
+    import json
+    import os
+    import sqlite3
+
+    import prefect
+
+    from mongo_migrate.flows.log_files import LOG_DIR_ENV
+    from mongo_migrate.flows.temporary_server import SCHEMA_HEADS
+
+    home, logs = tmp_path / "prefect-home", tmp_path / "logs"
+    env = {k: v for k, v in os.environ.items() if k not in {
+        "PREFECT_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL"}}
+    env.update({"PREFECT_HOME": str(home), LOG_DIR_ENV: str(logs)})
+    command = (  # a command's use of its temporary server, then a request that reads the database
+        "from mongo_migrate.flows.temporary_server import start_early, use_or_stop\n"
+        "server = start_early()\n"
+        "with use_or_stop(server):\n"
+        "    from prefect.client.orchestration import get_client\n"
+        "    with get_client(sync_client=True) as client:\n"
+        "        print(len(client.read_flows()), server.log_path, flush=True)\n")
+
+    def start() -> str:
+        """One command; the server's own output."""
+        done = subprocess.run([sys.executable, "-c", command], env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        flows, log_path = done.stdout.split()
+        assert flows == "0"
+        return Path(log_path).read_text()
+
+    skipped = "no upgrade at start"
+    assert skipped not in start()  # a new database: created, upgraded
+    revision = sqlite3.connect(home / "prefect.db").execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    heads = home / SCHEMA_HEADS
+    assert json.loads(heads.read_text()) == {prefect.__version__: revision}
+    assert skipped in start()  # at the recorded head: no upgrade, and the database serves requests
+    heads.write_text(json.dumps({prefect.__version__: "0123456789ab"}))
+    assert skipped not in start()  # another revision recorded: upgraded as Prefect does, recorded again
+    assert json.loads(heads.read_text()) == {prefect.__version__: revision}
