@@ -254,8 +254,9 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
             assert summary["counts_match"] and summary["docs"] == total_docs, summary
             rows[label].append((wall, summary, peak))
             steps = ", ".join(f"{k} {v:.1f}" for k, v in summary["phases"].items())
-            print(f"round {r + 1}: {label:<9} whole {wall:.1f}s; steps {steps}; outside the flow "
-                  f"{wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB{digesting}")
+            print(f"round {r + 1}: {label:<9} whole {wall:.1f}s = {(insert_s + index_s) / wall:.2f} of this round's "
+                  f"ceiling; steps {steps}; outside the flow {wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB"
+                  f"{digesting}")
             dc.drop_database("bench")
             dc.drop_database("mongo_migrate_meta")
         if args.prefect_floor:
