@@ -144,7 +144,7 @@ def serve(port: int) -> None:
     from prefect.settings import PREFECT_API_DATABASE_MIGRATE_ON_START, get_current_settings, temporary_settings
 
     settings = get_current_settings()
-    current = settings.server.database.migrate_on_start and schema_is_current(settings)
+    current = schema_is_current(settings)
     # the upgrade is skipped only where it would find nothing to do (see SCHEMA_HEADS)
     with temporary_settings(updates={PREFECT_API_DATABASE_MIGRATE_ON_START: False}) if current else nullcontext():
         if current:
@@ -175,12 +175,14 @@ def _sqlite_database(settings) -> Path | None:
     return Path(url[len(prefix):].split("?", 1)[0])
 
 
-def _schema_version(database: Path) -> str | None:
-    """The database's alembic revision, read without alembic; None when it has none (or two heads)."""
+def _schema_version(settings) -> str | None:
+    """The alembic revision of Prefect's SQLite database, read without alembic; None when it is not
+    SQLite or has none (or two heads)."""
     import sqlite3
     from contextlib import closing
 
-    if not database.is_file():
+    database = _sqlite_database(settings)
+    if database is None or not database.is_file():
         return None
     try:
         with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as conn:
@@ -205,11 +207,13 @@ def _recorded_heads(settings) -> dict[str, str]:
 
 
 def schema_is_current(settings) -> bool:
-    """The database is SQLite and at the head recorded for the installed Prefect."""
+    """The server would upgrade the schema as it starts (migrate_on_start), and the database is SQLite
+    and at the head recorded for the installed Prefect."""
     import prefect
 
-    database = _sqlite_database(settings)
-    version = _schema_version(database) if database is not None else None
+    if not settings.server.database.migrate_on_start:
+        return False
+    version = _schema_version(settings)
     return version is not None and _recorded_heads(settings).get(prefect.__version__) == version
 
 
@@ -220,9 +224,10 @@ def record_schema_head(settings) -> None:
 
     import prefect
 
-    database = _sqlite_database(settings)
-    version = _schema_version(database) if database is not None else None
-    if not settings.server.database.migrate_on_start or version is None:
+    if not settings.server.database.migrate_on_start:
+        return
+    version = _schema_version(settings)
+    if version is None:
         return
     heads = _recorded_heads(settings)
     if heads.get(prefect.__version__) == version:
