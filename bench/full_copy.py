@@ -16,6 +16,12 @@ the same run, --rounds times each onto an empty destination, in turn:
 it digests a run's events after the command has ended, seconds of CPU with many collections) or both.
 Prints medians, and the whole command's throughput over the ceiling's (target >= 0.6, peak RSS < 400 MB).
 
+Each measurement also prints its CPU account: the CPU seconds each process used (the destination and
+source mongods, the command, the Prefect server: the temporary one as last seen while the command ran,
+a running one until it has digested the run; this process, which samples), the least wall time those
+seconds fit in on the CPUs here, and so the best ratio to the ceiling the migration's CPU allows: on
+shared cores, what is left between that and the ratio measured is the time some CPU idled.
+
 --prefect-floor times, in each round, a flow run of one task in a process of its own that starts and
 ends as the command does: Prefect's fixed cost on this machine at that moment, printed beside the
 command's time.
@@ -51,7 +57,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
-from measure import (add_data_set_args, compile_project, data_set,  # noqa: E402  (bench/ is the script's directory)
+# bench/ is the script's directory
+from measure import (CpuAccount, add_data_set_args, compile_project, cpu_floor, data_set,  # noqa: E402
                      pin_process, prefect_server, run_cli_json, wait_until_idle)
 
 from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
@@ -129,18 +136,22 @@ def build_indexes(client, db: str, colls: list[str], workers: int) -> float:
     return time.perf_counter() - t
 
 
-def ceiling(src, dst, colls: list[str], workers: int) -> tuple[float, float]:
+def ceiling(src, dst, colls: list[str], workers: int, account: CpuAccount | None = None) -> tuple[float, float]:
     """(insert seconds, index seconds): the source's server batches, read first, inserted as the copy
-    inserts them, then the indexes."""
+    inserts them, then the indexes; `account` is started once they are read and stopped at the end."""
     sc, dc = src.client(), dst.client()
     pre = [(name, raw) for name in colls
            for raw in sc.bench.get_collection(name, codec_options=RAW).find_raw_batches({}, batch_size=2000)]
+    if account:
+        account.start()
     t = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda job: insert_raw_stream(dc.ceiling.get_collection(job[0], codec_options=RAW),
                                                     job[1], f"ceiling.{job[0]}"), pre))
     insert_s = time.perf_counter() - t
     index_s = build_indexes(dc, "ceiling", colls, workers)
+    if account:
+        account.stop()
     dc.drop_database("ceiling")
     return insert_s, index_s
 
@@ -231,6 +242,21 @@ def main() -> None:
                       f"of the ceiling {dask / rates['ceiling']:.2f} / {threads / rates['ceiling']:.2f}")
 
 
+def cpu_line(used: dict[str, float], pinned: str | None, wall_s: float, ceiling_s: float | None = None) -> str:
+    """What a measured run cost in CPU, process by process; the least wall time that CPU fits in here
+    (every CPU busy all the time), and how near the run came to it; for a migration, the best ratio to
+    the ceiling that its CPU seconds allow."""
+    floor = cpu_floor(used, pinned)
+    best = f"; at best {ceiling_s / floor:.2f} of the ceiling" if ceiling_s else ""
+    return ("CPU s " + ", ".join(f"{k} {v:.1f}" for k, v in used.items() if v >= 0.05)
+            + f": {sum(used.values()):.1f} in all, which fit in {floor:.1f}s on these CPUs at the least "
+            + f"(took {wall_s / floor:.2f}x that){best}")
+
+
+def median_account(accounts: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(a.get(k, 0.0) for a in accounts) for k in accounts[0]}
+
+
 def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], base_env: dict, server,
             total_docs: int, data_mb: float) -> dict[str, float]:
     """--rounds rounds of the ceiling and the migration (each mode, on each runner) on the seeded source;
@@ -239,10 +265,16 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
     runs = {(m if r == "threads" else f"{m}, {r}"): (m, path) for m in modes for r, path in spec_paths.items()}
     rows: dict[str, list] = {"ceiling": []} | {name: [] for name in runs}
     floors: dict[str, list[float]] = {mode: [] for mode in modes}
+    mongods = {"destination": dst.proc.pid, "source": src.proc.pid}
+    pinned = "destination" if args.pin else None
+    cpu: dict[str, list[dict[str, float]]] = {"ceiling": []} | {name: [] for name in runs}
     for r in range(args.rounds):
-        insert_s, index_s = ceiling(src, dst, args.colls, args.workers)
+        account = CpuAccount(mongods)
+        insert_s, index_s = ceiling(src, dst, args.colls, args.workers, account)
         rows["ceiling"].append((insert_s + index_s, insert_s, index_s))
-        print(f"round {r + 1}: ceiling {insert_s + index_s:.1f}s (insert {insert_s:.1f} + index {index_s:.1f})")
+        cpu["ceiling"].append(account.used)
+        print(f"round {r + 1}: ceiling {insert_s + index_s:.1f}s (insert {insert_s:.1f} + index {index_s:.1f}); "
+              + cpu_line(account.used, pinned, insert_s + index_s))
         for label, (mode, spec_path) in runs.items():
             env = dict(base_env)
             digesting = ""
@@ -250,13 +282,22 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
                 env["PREFECT_API_URL"] = server[1]
                 waited = wait_until_idle(server[0].pid)
                 digesting = f"; the Prefect server idle after {waited:.0f} s" if waited > 1.5 else ""
-            summary, wall, peak, _ = run_cli_json(["run", str(spec_path)], env)
+            account = CpuAccount(mongods | ({"Prefect server": server[0].pid} if mode == "server" else {})).start()
+            started_by_command: dict[int, float] = {}
+            summary, wall, peak, _ = run_cli_json(["run", str(spec_path)], env, descendants_cpu=started_by_command)
+            if mode == "server":
+                wait_until_idle(server[0].pid)  # the run's events it digests after the command: the run's too
+            used = account.stop()
+            used["command"] = used.pop("children")
+            if started_by_command:  # the temporary server, as last seen while the command ran
+                used["Prefect server"] = sum(started_by_command.values())
             assert summary["counts_match"] and summary["docs"] == total_docs, summary
             rows[label].append((wall, summary, peak))
+            cpu[label].append(used)
             steps = ", ".join(f"{k} {v:.1f}" for k, v in summary["phases"].items())
             print(f"round {r + 1}: {label:<9} whole {wall:.1f}s = {(insert_s + index_s) / wall:.2f} of this round's "
                   f"ceiling; steps {steps}; outside the flow {wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB"
-                  f"{digesting}")
+                  f"{digesting}\n    " + cpu_line(used, pinned, wall, insert_s + index_s))
             dc.drop_database("bench")
             dc.drop_database("mongo_migrate_meta")
         if args.prefect_floor:
@@ -269,6 +310,7 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
     print(f"\nmedians of {args.rounds} round(s), {total_docs:,} documents, {data_mb:,.0f} MB")
     print(f"{'':<36}{'seconds':>9}{'docs/s':>11}{'of ceiling':>12}{'peak RSS MB':>13}")
     print(f"{'ceiling (insert + index)':<36}{ceil_s:>9.1f}{total_docs / ceil_s:>11,.0f}{1.0:>12.2f}{'-':>13}")
+    print("    " + cpu_line(median_account(cpu["ceiling"]), pinned, ceil_s).replace("CPU s ", "CPU s, medians: ", 1))
     rates = {"ceiling": total_docs / ceil_s}
     for mode in runs:
         copy_s = statistics.median(s["copy_seconds"] + s["index_seconds"] for _, s, _ in rows[mode])
@@ -282,6 +324,7 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
               f"{ceil_s / wall:>12.2f}{peak:>13.0f}")
         print("    steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
               + f"; outside the flow {wall - statistics.median(s['seconds'] for _, s, _ in rows[mode]):.1f}s")
+        print("    " + cpu_line(median_account(cpu[mode]), pinned, wall, ceil_s).replace("CPU s ", "CPU s, medians: ", 1))
         if floors.get(mode):
             floor = statistics.median(floors[mode])
             print(f"    a one-task Prefect flow run alone: {floor:.1f}s; the command above it {wall - floor:.1f}s")

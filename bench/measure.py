@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -69,6 +70,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuAccount:
+    """CPU seconds (user + system) used between `start()` and `stop()` by named running processes, by
+    this process and by its children that ended meanwhile (a command run with subprocess), from /proc
+    and getrusage: where a measured second of work went, process by process."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()} | {
+            "this process": own.ru_utime + own.ru_stime, "children": children.ru_utime + children.ru_stime}
+
+    def start(self) -> CpuAccount:
+        self._started = self._now()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self.used = {k: v - self._started[k] for k, v in self._now().items()}
+        return self.used
+
+
+def cpu_floor(used: dict[str, float], pinned: str | None = None) -> float:
+    """The fewest wall seconds in which these CPU seconds fit on this process's CPUs, every one of them
+    busy all the time; `pinned`: the process alone on a CPU of its own, everything else on the rest."""
+    cpus = len(os.sched_getaffinity(0))
+    if pinned is None:
+        return sum(used.values()) / cpus
+    return max(used[pinned], sum(v for k, v in used.items() if k != pinned) / cpus)
+
+
 def wait_until_idle(pid: int, timeout: float = 300.0) -> float:
     """Wait until process `pid` uses under 5% of a core over a second (a Prefect server still digesting
     the events of the run before: with many collections that takes it seconds after the command has
@@ -82,8 +115,19 @@ def wait_until_idle(pid: int, timeout: float = 300.0) -> float:
     return time.monotonic() - started
 
 
-def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,)) -> tuple[dict, float, float, int]:
-    """Run `mongo-migrate ARGS --json`; returns (its JSON, wall seconds, peak RSS MB, exit code)."""
+def _children(pid: int) -> list[int]:
+    """The processes that `pid`'s main thread started (the CLI starts the temporary server there)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,),
+                 descendants_cpu: dict[int, float] | None = None) -> tuple[dict, float, float, int]:
+    """Run `mongo-migrate ARGS --json`; returns (its JSON, wall seconds, peak RSS MB, exit code).
+    `descendants_cpu`: filled with the CPU seconds of each process the command started (the temporary
+    Prefect server), as last seen while the command ran."""
     t = time.perf_counter()
     proc = subprocess.Popen([str(ROOT / ".venv/bin/mongo-migrate"), *args, "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -93,6 +137,12 @@ def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,)) -
         nonlocal peak
         while proc.poll() is None:
             peak = max(peak, rss_mb(proc.pid))
+            if descendants_cpu is not None:
+                for child in _children(proc.pid):
+                    try:
+                        descendants_cpu[child] = cpu_seconds(child)
+                    except OSError:
+                        pass
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
