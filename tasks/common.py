@@ -1,6 +1,8 @@
-"""Small helpers every task module uses: how tasks are declared, Extended JSON round trips."""
+"""Small helpers every task module uses: how tasks are declared (and where their log lines go),
+Extended JSON round trips."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from bson import json_util
@@ -9,6 +11,8 @@ from bson.json_util import JSONMode, JSONOptions
 from bson.raw_bson import RawBSONDocument
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.logging.handlers import APILogHandler
 
 from mongo_migrate.blocks.errors import MigrationError
 
@@ -60,6 +64,7 @@ def step(fn: Callable | None = None, *, retries: int = 2, retry_delay_seconds: A
     on the databases, not only on its arguments.
     """
     kw.setdefault("retry_condition_fn", worth_retrying)
+    send_logs_to_runs()
 
     def wrap(f: Callable):
         return task(
@@ -72,3 +77,36 @@ def step(fn: Callable | None = None, *, retries: int = 2, retry_delay_seconds: A
             **kw,
         )
     return wrap(fn) if fn is not None else wrap
+
+
+# The project's log lines (a document skipped, a change not applied, the load cap changed) are written by
+# module loggers under this name. Prefect sends only its own loggers' lines to the API, so without this
+# they reached the command's log file and terminal but never the run's logs in the Prefect UI, where a
+# run started from a deployment is followed.
+PROJECT_LOGGER = "mongo_migrate"
+
+
+class _InRun(logging.Filter):
+    """Lines written inside a flow or task run (or a thread that carries its context): a line with no
+    run, such as a command's own, has no run's logs to go to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def send_logs_to_runs() -> None:
+    """The project's log lines of INFO and above, written in a run, go to that run's logs in the Prefect
+    API as Prefect's own do (once per process: wherever the steps run, a Dask worker included). Not
+    where PREFECT_LOGGING_EXTRA_LOGGERS already sends them: each line would be there twice."""
+    from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
+
+    logger = logging.getLogger(PROJECT_LOGGER)
+    extra = PREFECT_LOGGING_EXTRA_LOGGERS.value()
+    named = {extra} if isinstance(extra, str) else set(extra or [])
+    if PROJECT_LOGGER in named or any(isinstance(h, APILogHandler) for h in logger.handlers):
+        return
+    handler = APILogHandler()
+    handler.addFilter(_InRun())
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)

@@ -187,6 +187,9 @@ def test_a_refused_document_fails_naming_it_or_is_skipped_and_recorded(
     spec = load_spec(skip)
     summary = migrate(spec)
     assert summary.counts_match  # verification passes: the one difference is a recorded skip
+    # the copy's warning is in the run's logs, where a run followed in the Prefect UI shows it
+    wait_for(lambda: any("app.users: skipped document _id=150, refused by the destination (code 11000)" in line
+                         for line in latest_run_logs("migrate")), 30, "the skip in the run's logs")
     assert summary.collections[0].skipped == 1
     assert "1 documents the destination refused were skipped" in format_summary(summary)
     record = dst_client[META_DATABASE][SKIPPED_DOCUMENTS].find_one()
@@ -200,6 +203,19 @@ def test_a_refused_document_fails_naming_it_or_is_skipped_and_recorded(
     # everything but the skipped document arrived byte for byte
     src_client.app.users.delete_one({"_id": 150})
     assert_same_documents(src_client, dst_client, "app.users")
+
+
+def latest_run_logs(flow_name: str) -> list[str]:
+    """The log lines the Prefect API holds of the latest run of the flow `flow_name`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                    sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        return [log.message for log in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)]
 
 
 @pytest.fixture

@@ -40,3 +40,22 @@ def test_logs_unwritten_for_the_keep_days_are_removed_and_nothing_else(tmp_path,
     _aged(old_run, 3650)
     log_file_for("precheck")
     assert old_run.exists()
+
+
+def test_project_lines_go_to_runs_once_and_lines_outside_a_run_warn_about_nothing(recwarn):
+    """tasks/common.py: the project's loggers send to the Prefect API (tests/test_faults.py shows a line
+    reaching a run's logs); attached once however often it is asked, and a line with no run is not
+    sent, so Prefect does not warn that a logger wrote outside a flow run."""
+    import logging
+
+    from prefect.logging.handlers import APILogHandler
+
+    from mongo_migrate.tasks.common import PROJECT_LOGGER, send_logs_to_runs
+
+    send_logs_to_runs()
+    send_logs_to_runs()
+    logger = logging.getLogger(PROJECT_LOGGER)
+    assert sum(isinstance(h, APILogHandler) for h in logger.handlers) == 1
+    assert logger.getEffectiveLevel() == logging.INFO
+    logging.getLogger(f"{PROJECT_LOGGER}.copy").warning("a line written where no run is")
+    assert [str(w.message) for w in recwarn if "without a flow run id" in str(w.message)] == []
