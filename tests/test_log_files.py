@@ -1,4 +1,5 @@
-"""flows/log_files.py: the log folder keeps what is recent and what is not its own."""
+"""Where log lines go: the log folder keeps what is recent and what is not its own (flows/log_files.py);
+the project's lines reach a run's logs in the Prefect API (tasks/common.py)."""
 from __future__ import annotations
 
 import os
