@@ -183,8 +183,8 @@ def main() -> None:
     layouts = ["even", "skew"] if args.skew else ["even"]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-full-copy-") as tmp, \
-            Mongod(Path(tmp) / "src", replset="bsrc") as src, \
-            Mongod(Path(tmp) / "dst", replset="bdst") as dst:
+            Mongod(Path(tmp) / "src", replset="bsrc", small_journal=False) as src, \
+            Mongod(Path(tmp) / "dst", replset="bdst", small_journal=False) as dst:
         if args.pin:
             pin_process(dst.proc.pid, {0})
             print("pinned: the destination mongod on CPU 0, everything else on CPU 1")

@@ -209,9 +209,9 @@ def measure(args: argparse.Namespace, version: str, several: bool, endpoints: st
 
     work = Path(tempfile.mkdtemp(prefix="bench-incremental-"))
     # 6.0.5 is the default mongod's (as before this option); others come from sandbox.servers
-    source = Mongod(work / "source", replset="src",
+    source = Mongod(work / "source", replset="src", small_journal=False,
                     version=None if version == REFERENCE_VERSION else version).start()
-    dest = Mongod(work / "dest", replset="dst").start()
+    dest = Mongod(work / "dest", replset="dst", small_journal=False).start()
     figures: dict = {"version": version, "endpoints": endpoints, "steps": []}
     try:
         src = MongoClient(source.uri())

@@ -46,8 +46,8 @@ def main() -> None:
     from mongo_migrate.tasks.namespaces import plan_namespaces
 
     with tempfile.TemporaryDirectory(prefix="bench-precheck-") as tmp:
-        src = Mongod(Path(tmp) / "src", replset="src").start()
-        dst = Mongod(Path(tmp) / "dst", replset="dst").start()
+        src = Mongod(Path(tmp) / "src", replset="src", small_journal=False).start()
+        dst = Mongod(Path(tmp) / "dst", replset="dst", small_journal=False).start()
         try:
             client = src.client()
             per = args.n // args.collections

@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = data_set(ap.parse_args())
     with tempfile.TemporaryDirectory(prefix="bench-raw-reads-") as tmp, \
-            Mongod(Path(tmp) / "src", replset="bsrc") as src:
+            Mongod(Path(tmp) / "src", replset="bsrc", small_journal=False) as src:
         client = src.client()
         load(client, "bench", args.colls, [args.n_per] * len(args.colls), args.doc_bytes, args.workers)
         build_indexes(client, "bench", args.colls, args.workers)

@@ -60,7 +60,8 @@ def main() -> None:
     compile_project()
     waits: dict[str, list[float]] = {name: [] for name in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp, \
-            Mongod(Path(tmp) / "src", replset="bsrc") as src, Mongod(Path(tmp) / "dst", replset="bdst") as dst:
+            Mongod(Path(tmp) / "src", replset="bsrc", small_journal=False) as src, \
+            Mongod(Path(tmp) / "dst", replset="bdst", small_journal=False) as dst:
         source, dest = src.client(), dst.client()
         for i in range(args.collections):
             source.shop[f"c{i}"].insert_many([{"_id": j, "x": j} for j in range(200)])

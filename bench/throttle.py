@@ -64,8 +64,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-throttle-") as tmp:
-        source = Mongod(Path(tmp) / "src", replset="src").start()
-        dest = Mongod(Path(tmp) / "dst", replset="dst").start()
+        source = Mongod(Path(tmp) / "src", replset="src", small_journal=False).start()
+        dest = Mongod(Path(tmp) / "dst", replset="dst", small_journal=False).start()
         try:
             with source.client() as c:
                 coll = c.shop.orders

@@ -44,8 +44,8 @@ def main() -> None:
     args = data_set_args(__doc__.splitlines()[0], default_docs=10_000_000)
     n_per, colls, total = args.n_per, args.colls, args.total
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp, \
-            Mongod(Path(tmp) / "src", replset="bsrc") as src, \
-            Mongod(Path(tmp) / "dst", replset="bdst") as dst:
+            Mongod(Path(tmp) / "src", replset="bsrc", small_journal=False) as src, \
+            Mongod(Path(tmp) / "dst", replset="bdst", small_journal=False) as dst:
         sc, dc = src.client(), dst.client()
         t = time.perf_counter()
         seed_both([sc, dc], colls, n_per, args.doc_bytes, args.workers)
