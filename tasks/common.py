@@ -95,10 +95,11 @@ class _InRun(logging.Filter):
 
 
 def send_logs_to_runs() -> None:
-    """The project's log lines of INFO and above, written in a run, go to that run's logs in the Prefect
-    API as Prefect's own do (once per process: wherever the steps run, a Dask worker included). Not
-    where PREFECT_LOGGING_EXTRA_LOGGERS already sends them: each line would be there twice."""
-    from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
+    """The project's log lines at PREFECT_LOGGING_LEVEL (INFO) and above, written in a run, go to that
+    run's logs in the Prefect API as Prefect's own do (once per process: wherever the steps run, a Dask
+    worker included). Not where PREFECT_LOGGING_EXTRA_LOGGERS already sends them: each line would be
+    there twice."""
+    from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS, PREFECT_LOGGING_LEVEL
 
     logger = logging.getLogger(PROJECT_LOGGER)
     extra = PREFECT_LOGGING_EXTRA_LOGGERS.value()
@@ -109,4 +110,4 @@ def send_logs_to_runs() -> None:
     handler.addFilter(_InRun())
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
+        logger.setLevel(PREFECT_LOGGING_LEVEL.value())  # the level Prefect's own run loggers keep (INFO)
