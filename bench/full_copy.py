@@ -242,13 +242,14 @@ def main() -> None:
                       f"of the ceiling {dask / rates['ceiling']:.2f} / {threads / rates['ceiling']:.2f}")
 
 
-def cpu_line(used: dict[str, float], pinned: str | None, wall_s: float, ceiling_s: float | None = None) -> str:
+def cpu_line(used: dict[str, float], pinned: str | None, wall_s: float, ceiling_s: float | None = None,
+             label: str = "CPU s") -> str:
     """What a measured run cost in CPU, process by process; the least wall time that CPU fits in here
     (every CPU busy all the time), and how near the run came to it; for a migration, the best ratio to
     the ceiling that its CPU seconds allow."""
     floor = cpu_floor(used, pinned)
     best = f"; at best {ceiling_s / floor:.2f} of the ceiling" if ceiling_s else ""
-    return ("CPU s " + ", ".join(f"{k} {v:.1f}" for k, v in used.items() if v >= 0.05)
+    return (f"{label} " + ", ".join(f"{k} {v:.1f}" for k, v in used.items() if v >= 0.05)
             + f": {sum(used.values()):.1f} in all, which fit in {floor:.1f}s on these CPUs at the least "
             + f"(took {wall_s / floor:.2f}x that){best}")
 
@@ -310,7 +311,7 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
     print(f"\nmedians of {args.rounds} round(s), {total_docs:,} documents, {data_mb:,.0f} MB")
     print(f"{'':<36}{'seconds':>9}{'docs/s':>11}{'of ceiling':>12}{'peak RSS MB':>13}")
     print(f"{'ceiling (insert + index)':<36}{ceil_s:>9.1f}{total_docs / ceil_s:>11,.0f}{1.0:>12.2f}{'-':>13}")
-    print("    " + cpu_line(median_account(cpu["ceiling"]), pinned, ceil_s).replace("CPU s ", "CPU s, medians: ", 1))
+    print("    " + cpu_line(median_account(cpu["ceiling"]), pinned, ceil_s, label="CPU s, medians:"))
     rates = {"ceiling": total_docs / ceil_s}
     for mode in runs:
         copy_s = statistics.median(s["copy_seconds"] + s["index_seconds"] for _, s, _ in rows[mode])
@@ -324,7 +325,7 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
               f"{ceil_s / wall:>12.2f}{peak:>13.0f}")
         print("    steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
               + f"; outside the flow {wall - statistics.median(s['seconds'] for _, s, _ in rows[mode]):.1f}s")
-        print("    " + cpu_line(median_account(cpu[mode]), pinned, wall, ceil_s).replace("CPU s ", "CPU s, medians: ", 1))
+        print("    " + cpu_line(median_account(cpu[mode]), pinned, wall, ceil_s, label="CPU s, medians:"))
         if floors.get(mode):
             floor = statistics.median(floors[mode])
             print(f"    a one-task Prefect flow run alone: {floor:.1f}s; the command above it {wall - floor:.1f}s")
