@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -197,8 +198,6 @@ def _heads_file(settings) -> Path:
 
 
 def _recorded_heads(settings) -> dict[str, str]:
-    import json
-
     try:
         heads = json.loads(_heads_file(settings).read_text())
     except (OSError, ValueError):
@@ -220,8 +219,6 @@ def schema_is_current(settings) -> bool:
 def record_schema_head(settings) -> None:
     """After a temporary server with migrate_on_start has answered: its database is at the installed
     Prefect's head (it was upgraded, or it already was), which later starts compare with."""
-    import json
-
     import prefect
 
     if not settings.server.database.migrate_on_start:
