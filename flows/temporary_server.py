@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 90.0
@@ -140,8 +140,9 @@ def serve(port: int) -> None:
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     gc.disable()
     sys.path.insert(0, str(Path(importlib.util.find_spec("prefect").origin).parent.parent))  # uvicorn --app-dir
-    import uvicorn
-    from prefect.server.api.server import create_app
+    with _beartype_off():
+        import uvicorn
+        from prefect.server.api.server import create_app
     from prefect.settings import PREFECT_API_DATABASE_MIGRATE_ON_START, get_current_settings, temporary_settings
 
     settings = get_current_settings()
@@ -154,6 +155,25 @@ def serve(port: int) -> None:
         gc.freeze()
         gc.enable()
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+
+
+@contextmanager
+def _beartype_off():
+    """Imports in which beartype checks nothing. The server's task queue (docket) keeps its state in
+    py-key-value-aio, which type-checks itself at run time with beartype: its import hook rewrites
+    every one of its modules as they are imported, ~0.2 s of the server's boot, which is the command's
+    critical path (flows/temporary_server.py's docstring). beartype does nothing, by its documented
+    rule, when PYTHONOPTIMIZE is set as it is imported and as the hook is asked for, so it is set for
+    these imports only: the interpreter itself stays unoptimised (assertions run) and nothing started
+    later inherits it. A PYTHONOPTIMIZE of the user's own is left as it is."""
+    if "PYTHONOPTIMIZE" in os.environ:
+        yield
+        return
+    os.environ["PYTHONOPTIMIZE"] = "1"
+    try:
+        yield
+    finally:
+        del os.environ["PYTHONOPTIMIZE"]
 
 
 # Prefect's server upgrades its database's schema as it starts (alembic, `migrate_on_start`): it imports

@@ -4,6 +4,7 @@ block-type registration at start; flows/temporary_server.py says why), and a set
 themselves is kept."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -134,3 +135,29 @@ def test_a_start_skips_the_schema_upgrade_only_at_the_recorded_head(tmp_path):
     heads.write_text(json.dumps({prefect.__version__: "0123456789ab"}))
     assert skipped not in start()  # another revision recorded: upgraded as Prefect does, recorded again
     assert json.loads(heads.read_text()) == {prefect.__version__: revision}
+
+
+BEARTYPED_IMPORT = """
+import os, sys
+from mongo_migrate.flows.temporary_server import _beartype_off
+if sys.argv[1] == "off":
+    with _beartype_off():
+        import key_value.aio._utils.sanitize as checked
+else:
+    import key_value.aio._utils.sanitize as checked
+print(hasattr(checked.generate_hash_fragment, "__beartype_wrapper"), os.environ.get("PYTHONOPTIMIZE"),
+      sys.flags.optimize)
+"""
+
+
+def test_the_temporary_servers_imports_run_without_beartype():
+    """py-key-value-aio (the server's task queue's store) beartype-checks itself, ~0.2 s of the server's
+    boot: off for the server's imports, and nothing else changes (no optimised interpreter, no
+    PYTHONOPTIMIZE left for anything started later); a PYTHONOPTIMIZE the user set is theirs."""
+    def run(mode: str, **env: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", BEARTYPED_IMPORT, mode], check=True, capture_output=True,
+                              text=True, env={**os.environ, **env}).stdout.split()
+
+    assert run("on") == ["True", "None", "0"]  # what the server's imports cost without it
+    assert run("off") == ["False", "None", "0"]
+    assert run("off", PYTHONOPTIMIZE="0") == ["True", "0", "0"]
