@@ -182,6 +182,8 @@ def _run(args) -> int:
     import mongo_migrate.flows.migrate  # noqa: F401
     import mongo_migrate.flows.verify  # noqa: F401
 
+    _import_what_a_flow_run_imports()
+
     _heartbeat_not_awaited()
     try:
         api = use_or_stop(server)
@@ -190,6 +192,23 @@ def _run(args) -> int:
         return EXIT_FAILED
     with api:
         return _run_command(spec, args)
+
+
+# Modules Prefect imports only as the first flow run starts: the flow's graph visualisation, pydantic v1
+# (parameter validation), the task engine, anyio's asyncio backend. After the temporary server answers,
+# on the command's critical path, they cost it ~0.1 s; imported while the server boots, nothing.
+FIRST_RUN_IMPORTS = ("prefect.utilities.visualization", "pydantic.v1", "prefect.task_engine",
+                     "anyio._backends._asyncio")
+
+
+def _import_what_a_flow_run_imports() -> None:
+    import importlib
+
+    for name in FIRST_RUN_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # another Prefect's, anyio's or pydantic's layout: imported when needed
+            pass
 
 
 def _heartbeat_not_awaited() -> None:
