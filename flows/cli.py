@@ -6,6 +6,8 @@ differences; an error's code comes from its type (blocks/errors.py).
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib
 import json
 import logging
 import os
@@ -202,8 +204,6 @@ FIRST_RUN_IMPORTS = ("prefect.utilities.visualization", "pydantic.v1", "prefect.
 
 
 def _import_what_a_flow_run_imports() -> None:
-    import importlib
-
     for name in FIRST_RUN_IMPORTS:
         try:
             importlib.import_module(name)
@@ -479,8 +479,6 @@ def console_main() -> None:
     ends as soon as the exit handlers have run (Prefect's log and event workers flush there, a temporary
     Prefect server stops there), without the interpreter's teardown of every module and object it
     loaded: after a run that teardown took 0.4-1 s here, longer than a small migration's copy."""
-    import atexit
-
     exit_code = [EXIT_FAILED]  # an exception that escapes main() has printed its traceback by then
 
     def end_now() -> None:
@@ -509,8 +507,6 @@ def _no_monitor_joins_at_exit() -> None:
     is running in the interpreter's teardown; each looks at its stop flag every 0.5 s, and the command
     waited 0.13-0.45 s for them after every run here. This process has no teardown (console_main's
     end_now): its threads end with it, the migration's writes having been acknowledged long before."""
-    import atexit
-
     for name in ("pymongo.synchronous.monitor", "pymongo.asynchronous.monitor", "pymongo.monitor"):
         handler = getattr(sys.modules.get(name), "_shutdown_resources", None)
         if handler is not None:
