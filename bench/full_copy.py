@@ -20,7 +20,10 @@ Each measurement also prints its CPU account: the CPU seconds each process used 
 source mongods, the command, the Prefect server: the temporary one as last seen while the command ran,
 a running one until it has digested the run; this process, which samples), the least wall time those
 seconds fit in on the CPUs here, and so the best ratio to the ceiling the migration's CPU allows: on
-shared cores, what is left between that and the ratio measured is the time some CPU idled.
+shared cores, what is left between that and the ratio measured is the time some CPU idled. A run on
+the thread pool also prints its CPU by step: the command's CPU and its children's (the temporary
+server), the mongods' and a running Prefect server's, sampled every 0.05 s and cut at the steps of the
+command's summary (before the flow, each step, after it).
 
 --prefect-floor times, in each round, a flow run of one task in a process of its own that starts and
 ends as the command does: Prefect's fixed cost on this machine at that moment, printed beside the
@@ -58,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from bson.raw_bson import RawBSONDocument  # noqa: E402
 # bench/ is the script's directory
-from measure import (CpuAccount, add_data_set_args, compile_project, cpu_floor, data_set,  # noqa: E402
+from measure import (CpuAccount, CpuTimeline, add_data_set_args, compile_project, cpu_floor, data_set,  # noqa: E402
                      pin_process, prefect_server, run_cli_json, wait_until_idle)
 
 from mongo_migrate.sandbox.mongod import Mongod  # noqa: E402
@@ -254,6 +257,35 @@ def cpu_line(used: dict[str, float], pinned: str | None, wall_s: float, ceiling_
             + f"(took {wall_s / floor:.2f}x that){best}")
 
 
+BY_STEP_PROCESSES = ("destination", "source", "command", "Prefect server")
+
+
+def cpu_by_step(timeline: CpuTimeline, summary: dict) -> dict[str, tuple[float, dict[str, float]]]:
+    """Each step of a run (before the flow, the summary's phases in order, after it): its wall seconds
+    and each process's CPU seconds in it. The flow began `command_seconds - seconds` after the command
+    started (both are the command's own clock: its start, and the flow's start, to the summary)."""
+    start = timeline.started + summary["command_seconds"] - summary["seconds"]
+    bounds = [("before the flow", timeline.started, start)]
+    for name, seconds in summary["phases"].items():
+        bounds.append((name, start, start + seconds))
+        start += seconds
+    bounds.append(("after the flow", start, timeline.ended))
+    return {name: (b - a, timeline.between(a, b)) for name, a, b in bounds}
+
+
+def median_by_step(runs: list[dict[str, tuple[float, dict[str, float]]]]) -> dict[str, tuple[float, dict[str, float]]]:
+    return {step: (statistics.median(r[step][0] for r in runs),
+                   {p: statistics.median(r[step][1].get(p, 0.0) for r in runs) for p in BY_STEP_PROCESSES})
+            for step in runs[0]}
+
+
+def by_step_line(steps: dict[str, tuple[float, dict[str, float]]], label: str = "CPU s by step") -> str:
+    """Where each step's CPU went: wall seconds, then destination / source / command / Prefect server."""
+    return (f"{label} (wall s: destination / source / command / Prefect server): " + "; ".join(
+        f"{step} {wall:.1f}: " + " / ".join(f"{cpu.get(p, 0.0):.1f}" for p in BY_STEP_PROCESSES)
+        for step, (wall, cpu) in steps.items()))
+
+
 def median_account(accounts: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(a.get(k, 0.0) for a in accounts) for k in accounts[0]}
 
@@ -269,6 +301,7 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
     mongods = {"destination": dst.proc.pid, "source": src.proc.pid}
     pinned = "destination" if args.pin else None
     cpu: dict[str, list[dict[str, float]]] = {"ceiling": []} | {name: [] for name in runs}
+    by_step: dict[str, list[dict[str, tuple[float, dict[str, float]]]]] = {name: [] for name in runs}
     for r in range(args.rounds):
         account = CpuAccount(mongods)
         insert_s, index_s = ceiling(src, dst, args.colls, args.workers, account)
@@ -283,9 +316,13 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
                 env["PREFECT_API_URL"] = server[1]
                 waited = wait_until_idle(server[0].pid)
                 digesting = f"; the Prefect server idle after {waited:.0f} s" if waited > 1.5 else ""
-            account = CpuAccount(mongods | ({"Prefect server": server[0].pid} if mode == "server" else {})).start()
+            prefect = {"Prefect server": server[0].pid} if mode == "server" else {}
+            account = CpuAccount(mongods | prefect).start()
             started_by_command: dict[int, float] = {}
-            summary, wall, peak, _ = run_cli_json(["run", str(spec_path)], env, descendants_cpu=started_by_command)
+            # by step: the thread pool's runs only (a Dask run's worker processes are the command's children too)
+            timeline = CpuTimeline(mongods | prefect) if label == mode else None
+            summary, wall, peak, _ = run_cli_json(["run", str(spec_path)], env, descendants_cpu=started_by_command,
+                                                  timeline=timeline)
             if mode == "server":
                 wait_until_idle(server[0].pid)  # the run's events it digests after the command: the run's too
             used = account.stop()
@@ -299,6 +336,9 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
             print(f"round {r + 1}: {label:<9} whole {wall:.1f}s = {(insert_s + index_s) / wall:.2f} of this round's "
                   f"ceiling; steps {steps}; outside the flow {wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB"
                   f"{digesting}\n    " + cpu_line(used, pinned, wall, insert_s + index_s))
+            if timeline is not None:
+                by_step[label].append(cpu_by_step(timeline, summary))
+                print("    " + by_step_line(by_step[label][-1]))
             dc.drop_database("bench")
             dc.drop_database("mongo_migrate_meta")
         if args.prefect_floor:
@@ -326,6 +366,8 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
         print("    steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
               + f"; outside the flow {wall - statistics.median(s['seconds'] for _, s, _ in rows[mode]):.1f}s")
         print("    " + cpu_line(median_account(cpu[mode]), pinned, wall, ceil_s, label="CPU s, medians:"))
+        if by_step[mode]:
+            print("    " + by_step_line(median_by_step(by_step[mode]), "CPU s by step, medians"))
         if floors.get(mode):
             floor = statistics.median(floors[mode])
             print(f"    a one-task Prefect flow run alone: {floor:.1f}s; the command above it {wall - floor:.1f}s")

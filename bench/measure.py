@@ -93,6 +93,42 @@ class CpuAccount:
         return self.used
 
 
+class CpuTimeline:
+    """The CPU seconds of named processes, sampled while a command runs (`run_cli_json`), so that a
+    stretch of it (a step of the migration) can be given its CPU process by process (`between`)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self.samples: list[tuple[float, dict[str, float]]] = []  # (time.perf_counter(), CPU s by name)
+        self.started = self.ended = 0.0
+
+    def sample(self, more: dict[str, int]) -> None:
+        """One sample of every process (`more`: ones known only while the command runs)."""
+        now: dict[str, float] = {}
+        for name, pid in (self.pids | more).items():
+            try:
+                now[name] = now.get(name, 0.0) + cpu_seconds(pid)
+            except OSError:  # ended: its last sample stands
+                pass
+        self.samples.append((time.perf_counter(), now))
+
+    def _at(self, when: float, name: str) -> float:
+        """A process's CPU seconds at `when`, between the samples around it (0 before it was seen)."""
+        before = (self.samples[0][0], 0.0)
+        for t, cpu in self.samples:
+            if name not in cpu:
+                continue
+            if t >= when:
+                span = t - before[0]
+                return before[1] + (cpu[name] - before[1]) * ((when - before[0]) / span if span > 0 else 1.0)
+            before = (t, cpu[name])
+        return before[1]
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        names = {name for _, cpu in self.samples for name in cpu}
+        return {name: self._at(end, name) - self._at(start, name) for name in sorted(names)}
+
+
 def cpu_floor(used: dict[str, float], pinned: str | None = None) -> float:
     """The fewest wall seconds in which these CPU seconds fit on this process's CPUs, every one of them
     busy all the time; `pinned`: the process alone on a CPU of its own, everything else on the rest."""
@@ -124,31 +160,41 @@ def _children(pid: int) -> list[int]:
 
 
 def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,),
-                 descendants_cpu: dict[int, float] | None = None) -> tuple[dict, float, float, int]:
+                 descendants_cpu: dict[int, float] | None = None,
+                 timeline: CpuTimeline | None = None) -> tuple[dict, float, float, int]:
     """Run `mongo-migrate ARGS --json`; returns (its JSON, wall seconds, peak RSS MB, exit code).
     `descendants_cpu`: filled with the CPU seconds of each process the command started (the temporary
-    Prefect server), as last seen while the command ran."""
+    Prefect server), as last seen while the command ran. `timeline`: sampled every 0.05 s, with the
+    command as "command" and the processes it started as "Prefect server"."""
     t = time.perf_counter()
     proc = subprocess.Popen([str(ROOT / ".venv/bin/mongo-migrate"), *args, "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = 0.0
+    if timeline is not None:
+        timeline.started = t
 
     def sample() -> None:
         nonlocal peak
         while proc.poll() is None:
             peak = max(peak, rss_mb(proc.pid))
+            children = _children(proc.pid)
             if descendants_cpu is not None:
-                for child in _children(proc.pid):
+                for child in children:
                     try:
                         descendants_cpu[child] = cpu_seconds(child)
                     except OSError:
                         pass
+            if timeline is not None:
+                timeline.sample({"command": proc.pid} | {"Prefect server": child for child in children[:1]})
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     stdout, stderr = proc.communicate()
     sampler.join()
+    if timeline is not None:
+        timeline.sample({})
+        timeline.ended = time.perf_counter()
     if proc.returncode not in ok_codes:
         sys.exit(f"mongo-migrate {args[0]} failed ({proc.returncode}):\n{stderr[-3000:]}")
     return json.loads(stdout.strip().splitlines()[-1]), time.perf_counter() - t, peak, proc.returncode
