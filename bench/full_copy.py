@@ -21,8 +21,8 @@ source mongods, the command, the Prefect server: the temporary one as last seen 
 a running one until it has digested the run; this process, which samples), the least wall time those
 seconds fit in on the CPUs here, and so the best ratio to the ceiling the migration's CPU allows: on
 shared cores, what is left between that and the ratio measured is the time some CPU idled. A run on
-the thread pool also prints its CPU by step: the command's CPU and its children's (the temporary
-server), the mongods' and a running Prefect server's, sampled every 0.05 s and cut at the steps of the
+the thread pool also prints its CPU by step: the command's CPU and its temporary server's (the first
+process it starts), the mongods' and a running Prefect server's, sampled every 0.05 s and cut at the steps of the
 command's summary (before the flow, each step, after it).
 
 --prefect-floor times, in each round, a flow run of one task in a process of its own that starts and

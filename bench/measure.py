@@ -107,7 +107,7 @@ class CpuTimeline:
         now: dict[str, float] = {}
         for name, pid in (self.pids | more).items():
             try:
-                now[name] = now.get(name, 0.0) + cpu_seconds(pid)
+                now[name] = cpu_seconds(pid)
             except OSError:  # ended: its last sample stands
                 pass
         self.samples.append((time.perf_counter(), now))
@@ -165,7 +165,7 @@ def run_cli_json(args: list[str], env: dict, ok_codes: tuple[int, ...] = (0,),
     """Run `mongo-migrate ARGS --json`; returns (its JSON, wall seconds, peak RSS MB, exit code).
     `descendants_cpu`: filled with the CPU seconds of each process the command started (the temporary
     Prefect server), as last seen while the command ran. `timeline`: sampled every 0.05 s, with the
-    command as "command" and the processes it started as "Prefect server"."""
+    command as "command" and the first process it started (the temporary server) as "Prefect server"."""
     t = time.perf_counter()
     proc = subprocess.Popen([str(ROOT / ".venv/bin/mongo-migrate"), *args, "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
