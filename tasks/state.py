@@ -35,6 +35,7 @@ from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import META_DATABASE, MigrationSpec
 from mongo_migrate.tasks.common import step
 from mongo_migrate.tasks.namespaces import MigrationPlan
+from mongo_migrate.tasks.sync.events import token_time
 
 RUNS = "runs"
 COPY_RANGES = "copy_ranges"
@@ -75,6 +76,39 @@ def resumable_run(spec: MigrationSpec) -> dict | None:
     return state_collection(spec, RUNS).find_one({"_id": spec.digest(), "finished": {"$ne": True}})
 
 
+def lost_sync_position(spec: MigrationSpec) -> str | None:
+    """Why the unfinished incremental run of this spec cannot resume, or None: its sync would go on from
+    its saved position (the last change it applied, or its start point), and the source's oplog no
+    longer holds that position once its oldest entry is later. The precheck says so before anything is
+    written (its oplog-window item); a run that starts afresh instead abandons it (start_run). Where the
+    oplog cannot be read here (through mongos, without the right), None: the sync finds out itself."""
+    if not spec.incremental or resumable_run(spec) is None:
+        return None
+    state = read_sync_state(spec) or {}
+    token = state.get("token") or state.get("start_token")
+    if not token:
+        return None
+    try:
+        position = token_time(token)
+        oldest = open_client(spec.source.resolve()).local["oplog.rs"].find_one(
+            {}, {"ts": 1}, sort=[("$natural", 1)])
+    except (PyMongoError, ValueError):
+        return None
+    if oldest is None or position >= oldest["ts"]:
+        return None
+    return (f"the unfinished run's sync position ({_utc(position)}) has left the source's oplog, whose "
+            f"oldest entry is {_utc(oldest['ts'])}")
+
+
+def will_resume(spec: MigrationSpec) -> bool:
+    """A run of this spec would continue the unfinished one (there is one, and it can resume)."""
+    return resumable_run(spec) is not None and lost_sync_position(spec) is None
+
+
+def _utc(ts) -> str:
+    return ts.as_datetime().strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def ensure_state_version(meta: Database) -> int:
     """Upgrade the state to STATE_VERSION (returns the version found), or StateTooNew."""
     found = meta[SCHEMA].find_one({"_id": "layout"})
@@ -105,6 +139,12 @@ def start_run(spec: MigrationSpec, plan: MigrationPlan, flow_run_id: str | None)
     ensure_state_version(meta)
     digest = spec.digest()
     resumed = resumable_run(spec) is not None
+    lost = lost_sync_position(spec) if resumed else None
+    if lost:
+        # the precheck has passed, which it does here only with drop_existing_targets (its oplog-window
+        # item): the unfinished run is over, and this one starts the migration afresh
+        abandon_run(spec, lost)
+        resumed = False
     if not resumed:
         meta[COPY_UNITS].delete_many({"_id": {"$regex": f"^{re.escape(digest)}:"}})
         meta[SKIPPED_DOCUMENTS].delete_many({"run": digest})

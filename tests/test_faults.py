@@ -359,7 +359,25 @@ def oplog_spans_seconds(client, seconds: float = 2.0) -> None:
     client.elsewhere.tick.insert_one({})
 
 
-def test_oplog_window_exceeded_fails_saying_to_run_the_full_migration_again(dest, dst_client, tmp_path):
+def _roll_oplog_past_now(src) -> None:
+    """Write outside the selection until the oplog's oldest entry is later than now (1 MB oplog)."""
+    oldest = lambda: next(src.local["oplog.rs"].find({}, {"ts": 1}).sort("$natural", 1).limit(1))["ts"]
+    mark = src.admin.command("hello")["lastWrite"]["opTime"]["ts"]
+    deadline = time.monotonic() + 60
+    while oldest() <= mark and time.monotonic() < deadline:
+        src.burst.fill.insert_many([{"p": "x" * 1000} for _ in range(200)])
+    assert oldest() > mark, "the oplog was not truncated"
+    oplog_spans_seconds(src)  # the precheck wants a window longer than the (tiny) copy
+
+
+def test_a_sync_position_gone_from_the_oplog_fails_the_precheck_then_migrates_afresh(dest, dst_client, tmp_path):
+    """An unfinished incremental run whose saved position has left the source's oplog: the precheck
+    says so and writes nothing; with drop_existing_targets the next run abandons it and migrates
+    afresh; and a position lost while no precheck looks (a sync started on its own) fails the sync,
+    which abandons the run."""
+    from mongo_migrate.blocks.errors import PrecheckFailed
+    from mongo_migrate.flows.incremental import incremental_sync
+    from mongo_migrate.tasks.precheck import OPLOG_WINDOW, TARGET_NAMESPACES
     from mongo_migrate.tasks.state import read_sync_state
 
     tiny = Mongod(tmp_path / "tiny-oplog", replset="tiny", oplog_size_mb=1,
@@ -367,7 +385,7 @@ def test_oplog_window_exceeded_fails_saying_to_run_the_full_migration_again(dest
     try:
         with tiny.client() as src:
             src.shop.orders.insert_many([{"_id": i, "n": i} for i in range(300)])
-            oplog_spans_seconds(src)  # the precheck wants a window longer than the (tiny) copy
+            oplog_spans_seconds(src)
             spec = make_spec(tiny, dest, objects=[{"database": "shop"}],
                              migration_types=["full", "incremental"],
                              incremental_options={"checkpoint_interval_s": 0.5, "approval_timeout_s": 1})
@@ -378,25 +396,42 @@ def test_oplog_window_exceeded_fails_saying_to_run_the_full_migration_again(dest
 
             # while no sync runs, a change to the selection, then a write burst larger than the oplog
             src.shop.orders.update_many({}, {"$set": {"lost": True}})
-            oldest = lambda: next(src.local["oplog.rs"].find({}, {"ts": 1}).sort("$natural", 1).limit(1))["ts"]
-            mark = src.admin.command("hello")["lastWrite"]["opTime"]["ts"]
-            deadline = time.monotonic() + 60
-            while oldest() <= mark and time.monotonic() < deadline:
-                src.burst.fill.insert_many([{"p": "x" * 1000} for _ in range(200)])
-            assert oldest() > mark, "the oplog was not truncated"
-            oplog_spans_seconds(src)  # so that the precheck passes again and the sync itself finds out
+            _roll_oplog_past_now(src)
 
+            # the rerun's precheck finds the position gone: it fails, and nothing is written
+            run_before = dst_client[META_DATABASE].runs.find_one({"_id": spec.digest()})
+            with pytest.raises(PrecheckFailed) as failure:
+                migrate(spec)
+            rows = {r.name: r for r in failure.value.report.items if r.status == "failed"}
+            assert "has left the source's oplog" in rows[OPLOG_WINDOW].detail
+            assert "cannot resume" in rows[OPLOG_WINDOW].detail
+            assert "drop_existing_targets: true" in rows[OPLOG_WINDOW].remedy
+            assert "cannot resume" in rows[TARGET_NAMESPACES].detail
+            assert dst_client[META_DATABASE].runs.find_one({"_id": spec.digest()}) == run_before
+            assert read_sync_state(spec)["token"] == saved
+
+            # said to drop the targets, the next run abandons the unfinished one and migrates afresh:
+            # the change the oplog lost is in the new copy
+            afresh = spec.model_copy(update={"copy_options": spec.copy_options.model_copy(
+                update={"drop_existing_targets": True})})
+            second = migrate(afresh)
+            assert second.sync.status == "approval_timeout" and not second.resumed
+            assert dst_client.shop.orders.count_documents({"lost": True}) == 300
+            run = dst_client[META_DATABASE].runs.find_one({"_id": spec.digest()})
+            assert "has left the source's oplog" in run["abandoned"] and run["finished"] is False
+
+            # a position lost while the sync is not running, found by the sync itself (no precheck
+            # before it): the run is recorded as abandoned (a rerun starts afresh), never as cut over
+            src.shop.orders.update_many({}, {"$set": {"lost_again": True}})
+            _roll_oplog_past_now(src)
             with pytest.raises(Exception) as failure:
-                migrate(spec.model_copy(update={"incremental_options": spec.incremental_options.model_copy(
-                    update={"approval_timeout_s": 600})}))
+                incremental_sync(afresh, plan_namespaces(afresh))
             message = str(failure.value)
             assert "oplog window was exceeded" in message and "run the full migration again" in message
-            # nothing half-applied is reported as success: the run is recorded as abandoned (a rerun
-            # starts a fresh full migration), never as cut over
             assert read_sync_state(spec)["status"] == "abandoned"
             run = dst_client[META_DATABASE].runs.find_one({"_id": spec.digest()})
-            assert "oplog window was exceeded" in run["abandoned"]
-            assert dst_client.shop.orders.count_documents({"lost": True}) == 0  # the lost change stayed lost
+            assert "oplog window was exceeded" in run["abandoned"] and run["finished"] is True
+            assert dst_client.shop.orders.count_documents({"lost_again": True}) == 0  # it stayed lost
     finally:
         close_clients()  # while tiny still answers: closing a client of a stopped server waits for it
         tiny.destroy()

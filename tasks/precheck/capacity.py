@@ -18,6 +18,7 @@ from mongo_migrate.tasks.precheck.inventory import SourceInventory, inventory_un
 from mongo_migrate.tasks.precheck.report import (CheckResult, MiB, check_item, failed, fmt_bytes, fmt_hours, passed,
                                                  warning)
 from mongo_migrate.tasks.raw_batches import find_raw_batches
+from mongo_migrate.tasks.state import lost_sync_position
 
 OPLOG_WINDOW = "oplog window"
 DESTINATION_STORAGE = "destination storage"
@@ -117,8 +118,10 @@ def classify_oplog_window(window: OplogWindow, data_bytes: int, rate_bytes_per_s
 
 
 @check_item(OPLOG_WINDOW)
-def check_oplog_window(spec: MigrationSpec, source: EndpointInfo, inventory: SourceInventory) -> CheckResult:
-    """Item 8: the source's oplog must outlast the full copy (incremental migration only)."""
+def check_oplog_window(spec: MigrationSpec, source: EndpointInfo,
+                       inventory: SourceInventory) -> CheckResult | list[CheckResult]:
+    """Item 8: the source's oplog must outlast the full copy (incremental migration only), and still
+    hold the saved position of an unfinished run of the spec, which would resume from it."""
     name = OPLOG_WINDOW
     if not spec.incremental:
         return passed(name, "not needed: full migration only")
@@ -127,11 +130,23 @@ def check_oplog_window(spec: MigrationSpec, source: EndpointInfo, inventory: Sou
     if source.topology == "sharded":
         return warning(name, "not measured through mongos: every shard has its own oplog",
                        "on each shard's primary run rs.printReplicationInfo() and compare with the copy time")
+    restart = None
+    lost = lost_sync_position(spec)
+    if lost and not spec.copy_options.drop_existing_targets:
+        return failed(name, lost + ": the run cannot resume",
+                      "migrate afresh: set copy_options.drop_existing_targets: true (the targets are dropped "
+                      "and copied again, and the sync starts from the source's present)")
+    if lost:
+        restart = warning(name, lost + ": this run migrates afresh (drop_existing_targets)",
+                          "nothing to do, unless the targets' data must be kept: then set "
+                          "drop_existing_targets: false")
     if inventory.error:
-        return inventory_unreadable(name, inventory)
-    window = read_oplog_window(spec.source.resolve())
-    rate = measure_copy_rate(spec, inventory)
-    return classify_oplog_window(window, inventory.data_bytes + inventory.index_bytes, rate)
+        row = inventory_unreadable(name, inventory)
+    else:
+        window = read_oplog_window(spec.source.resolve())
+        rate = measure_copy_rate(spec, inventory)
+        row = classify_oplog_window(window, inventory.data_bytes + inventory.index_bytes, rate)
+    return [restart, row] if restart else row
 
 
 # -- 9: destination storage --------------------------------------------------------------------

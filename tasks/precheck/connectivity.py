@@ -13,7 +13,7 @@ from mongo_migrate.tasks.namespaces import MigrationPlan, NamespaceMapper
 from mongo_migrate.tasks.precheck.objects import occupied_targets
 from mongo_migrate.tasks.precheck.report import CheckResult, check_item, failed, listing, passed, warning
 from mongo_migrate.tasks.precheck.versions import OLD_SOURCE_REMEDY
-from mongo_migrate.tasks.state import resumable_run
+from mongo_migrate.tasks.state import will_resume
 
 SOURCE_CONNECTIVITY = "source connectivity"
 DESTINATION_CONNECTIVITY = "destination connectivity"
@@ -135,7 +135,7 @@ def check_distinct_deployments(spec: MigrationSpec, plan: MigrationPlan, source:
         return warning(name, f"could not tell whether source and destination are one deployment ({why})",
                        "grant both accounts clusterMonitor (replSetGetConfig, serverStatus) so that "
                        "the precheck can read which deployment each is")
-    occupied = [] if resumable_run(spec) else list(occupied_targets(spec, plan))
+    occupied = [] if will_resume(spec) else list(occupied_targets(spec, plan))
     return classify_same_deployment(spec, plan, why, occupied)
 
 

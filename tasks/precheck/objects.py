@@ -13,7 +13,7 @@ from mongo_migrate.blocks.spec import (MAX_NAMESPACE_BYTES, META_DATABASE, Migra
 from mongo_migrate.tasks.namespaces import MigrationPlan, plan_namespaces
 from mongo_migrate.tasks.precheck.report import (CheckResult, check_item, failed, listing, passed, source_read_problem,
                                                  warning)
-from mongo_migrate.tasks.state import resumable_run
+from mongo_migrate.tasks.state import lost_sync_position, resumable_run
 
 OBJECTS = "selected objects"
 CONFIG_DATABASE = "config database"
@@ -157,7 +157,8 @@ def check_targets_empty(spec: MigrationSpec, plan: MigrationPlan) -> CheckResult
     occupied = occupied_targets(spec, plan)
     if not occupied:
         return passed(name, "every target namespace is empty")
-    if resumable_run(spec):
+    lost = lost_sync_position(spec)
+    if not lost and resumable_run(spec):
         return passed(name, f"resuming an unfinished run of this spec ({len(occupied)} targets hold its data)")
     if spec.copy_options.drop_existing_targets:
         dropped = [f"{ns} ({'view' if n is None else f'{n:,} document' + 's' * (n != 1)})"
@@ -166,5 +167,6 @@ def check_targets_empty(spec: MigrationSpec, plan: MigrationPlan) -> CheckResult
                        + f" (nothing else: not {META_DATABASE}, nor any collection outside the plan)",
                        "nothing to do, unless that data must be kept: then set drop_existing_targets: "
                        "false or map to other names")
-    return failed(name, "already hold data: " + listing(list(occupied)),
+    unfinished = " (an unfinished run of this spec copied them, and cannot resume: see the oplog window)" if lost else ""
+    return failed(name, "already hold data: " + listing(list(occupied)) + unfinished,
                   "drop them, map to other names, or set copy_options.drop_existing_targets: true")
