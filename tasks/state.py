@@ -157,13 +157,14 @@ def start_run(spec: MigrationSpec, plan: MigrationPlan, flow_run_id: str | None)
                     raise RuntimeError(f"refusing to drop {p.target_ns}: {p.target_db} is not a target database")
                 dest[p.target_db].drop_collection(p.target_name)
     now = datetime.now(timezone.utc)
-    meta[RUNS].update_one(
-        {"_id": digest},
-        {"$set": {"flow_run_id": flow_run_id, "source": spec.source.display(),
-                  "destination": spec.destination.display(), "finished": False, "updated": now},
-         "$setOnInsert": {"started": now}},
-        upsert=True,
-    )
+    record = {"flow_run_id": flow_run_id, "source": spec.source.display(),
+              "destination": spec.destination.display(), "finished": False, "updated": now}
+    if resumed:
+        meta[RUNS].update_one({"_id": digest}, {"$set": record}, upsert=True)
+    else:
+        # nothing of an earlier run of the spec stays on a fresh one: not its start, nor why it was
+        # abandoned (`mongo-migrate status` would show the new run as abandoned)
+        meta[RUNS].replace_one({"_id": digest}, {**record, "started": now}, upsert=True)
     return RunState(digest=digest, resumed=resumed)
 
 
