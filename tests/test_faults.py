@@ -361,8 +361,9 @@ def oplog_spans_seconds(client, seconds: float = 2.0) -> None:
 
 def _roll_oplog_past_now(src) -> None:
     """Write outside the selection until the oplog's oldest entry is later than now (1 MB oplog)."""
-    oldest = lambda: next(src.local["oplog.rs"].find({}, {"ts": 1}).sort("$natural", 1).limit(1))["ts"]
-    mark = src.admin.command("hello")["lastWrite"]["opTime"]["ts"]
+    entry = lambda order: next(src.local["oplog.rs"].find({}, {"ts": 1}).sort("$natural", order).limit(1))["ts"]
+    oldest = lambda: entry(1)
+    mark = entry(-1)  # the newest entry now (`hello` is 4.4+)
     deadline = time.monotonic() + 60
     while oldest() <= mark and time.monotonic() < deadline:
         src.burst.fill.insert_many([{"p": "x" * 1000} for _ in range(200)])
@@ -370,17 +371,20 @@ def _roll_oplog_past_now(src) -> None:
     oplog_spans_seconds(src)  # the precheck wants a window longer than the (tiny) copy
 
 
-def test_a_sync_position_gone_from_the_oplog_fails_the_precheck_then_migrates_afresh(dest, dst_client, tmp_path):
+@pytest.mark.parametrize("version", [None, "4.2.6"], ids=["6.0.5", "4.2.6"])
+def test_a_sync_position_gone_from_the_oplog_fails_the_precheck_then_migrates_afresh(version, dest, dst_client,
+                                                                                     tmp_path):
     """An unfinished incremental run whose saved position has left the source's oplog: the precheck
     says so and writes nothing; with drop_existing_targets the next run abandons it and migrates
     afresh; and a position lost while no precheck looks (a sync started on its own) fails the sync,
-    which abandons the run."""
+    which abandons the run. On the oldest source listed too (its resume tokens, its oplog read for
+    DDL before 6.0)."""
     from mongo_migrate.blocks.errors import PrecheckFailed
     from mongo_migrate.flows.incremental import incremental_sync
     from mongo_migrate.tasks.precheck import OPLOG_WINDOW, TARGET_NAMESPACES
     from mongo_migrate.tasks.state import read_sync_state
 
-    tiny = Mongod(tmp_path / "tiny-oplog", replset="tiny", oplog_size_mb=1,
+    tiny = Mongod(tmp_path / "tiny-oplog", replset="tiny", oplog_size_mb=1, version=version,
                   extra_args=["--syncdelay", "1"]).start()  # a checkpoint a second lets the oplog shrink
     try:
         with tiny.client() as src:
