@@ -274,8 +274,7 @@ def cpu_by_step(timeline: CpuTimeline, summary: dict) -> dict[str, tuple[float, 
 
 
 def median_by_step(runs: list[dict[str, tuple[float, dict[str, float]]]]) -> dict[str, tuple[float, dict[str, float]]]:
-    return {step: (statistics.median(r[step][0] for r in runs),
-                   {p: statistics.median(r[step][1].get(p, 0.0) for r in runs) for p in BY_STEP_PROCESSES})
+    return {step: (statistics.median(r[step][0] for r in runs), median_account([r[step][1] for r in runs]))
             for step in runs[0]}
 
 
