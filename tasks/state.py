@@ -35,6 +35,7 @@ from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import META_DATABASE, MigrationSpec
 from mongo_migrate.tasks.common import step
 from mongo_migrate.tasks.namespaces import MigrationPlan
+from mongo_migrate.tasks.oplog import oldest_entry_time
 from mongo_migrate.tasks.sync.events import token_time
 
 RUNS = "runs"
@@ -90,14 +91,13 @@ def lost_sync_position(spec: MigrationSpec) -> str | None:
         return None
     try:
         position = token_time(token)
-        oldest = open_client(spec.source.resolve()).local["oplog.rs"].find_one(
-            {}, {"ts": 1}, sort=[("$natural", 1)])
+        oldest = oldest_entry_time(spec.source.resolve())
     except (PyMongoError, ValueError):
         return None
-    if oldest is None or position >= oldest["ts"]:
+    if oldest is None or position >= oldest:
         return None
     return (f"the unfinished run's sync position ({_utc(position)}) has left the source's oplog, whose "
-            f"oldest entry is {_utc(oldest['ts'])}")
+            f"oldest entry is {_utc(oldest)}")
 
 
 def will_resume(spec: MigrationSpec) -> bool:

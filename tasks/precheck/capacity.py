@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime
 from typing import Optional
 
 from pydantic import BaseModel
-from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import OperationFailure
 
-from mongo_migrate.blocks.mongo import MongoConnection, open_client
+from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import META_DATABASE, MigrationSpec
 from mongo_migrate.tasks.connect import EndpointInfo
 from mongo_migrate.tasks.namespaces import MigrationPlan
+from mongo_migrate.tasks.oplog import OplogWindow, read_oplog_window
 from mongo_migrate.tasks.precheck.inventory import SourceInventory, inventory_unreadable
 from mongo_migrate.tasks.precheck.report import (CheckResult, MiB, check_item, failed, fmt_bytes, fmt_hours, passed,
                                                  warning)
@@ -29,49 +28,6 @@ SAMPLE_SECONDS = 3.0
 
 
 # -- 8: oplog window ---------------------------------------------------------------------------
-
-class OplogWindow(BaseModel):
-    first: datetime
-    last: datetime
-    size_bytes: int
-    max_bytes: int
-    entries: int = 0
-
-    @property
-    def span_hours(self) -> float:
-        return max((self.last - self.first).total_seconds(), 0.0) / 3600
-
-    @property
-    def full(self) -> bool:
-        return self.max_bytes > 0 and self.size_bytes >= 0.9 * self.max_bytes
-
-    @property
-    def hours(self) -> float:
-        """What the oplog holds at the current write rate: the span of its entries once it is full;
-        until then, that span scaled up to the oplog's configured size."""
-        if self.full or self.size_bytes <= 0:
-            return self.span_hours
-        # entry times have one-second resolution: a young oplog's entries may all share one second,
-        # which is a short history, not an empty window
-        return max(self.span_hours, 1 / 3600) * self.max_bytes / self.size_bytes
-
-    @property
-    def bytes_per_hour(self) -> float:
-        return self.size_bytes / self.span_hours if self.span_hours > 0 else 0.0
-
-
-def read_oplog_window(conn: MongoConnection) -> OplogWindow:
-    """First and last entry times of the source's oplog, its size and entries (reads local.oplog.rs)."""
-    oplog = open_client(conn).local["oplog.rs"]
-    first = oplog.find_one({}, {"ts": 1}, sort=[("$natural", ASCENDING)])
-    last = oplog.find_one({}, {"ts": 1}, sort=[("$natural", DESCENDING)])
-    stats = next(oplog.aggregate([{"$collStats": {"storageStats": {}}}]))["storageStats"]
-    if first is None or last is None:
-        raise OperationFailure("the oplog is empty", code=0)
-    return OplogWindow(first=first["ts"].as_datetime(), last=last["ts"].as_datetime(),
-                       size_bytes=int(stats.get("size", 0)), max_bytes=int(stats.get("maxSize", 0)),
-                       entries=int(stats.get("count", 0)))
-
 
 def measure_copy_rate(spec: MigrationSpec, inventory: SourceInventory,
                       sample_bytes: int = SAMPLE_BYTES, max_seconds: float = SAMPLE_SECONDS) -> float:

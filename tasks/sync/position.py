@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from mongo_migrate.blocks.mongo import MongoConnection, open_client
 from mongo_migrate.blocks.spec import MigrationSpec
 from mongo_migrate.tasks.common import step
-from mongo_migrate.tasks.precheck import read_oplog_window
+from mongo_migrate.tasks.oplog import read_oplog_window
 from mongo_migrate.tasks.state import sync_state_collection
 from mongo_migrate.tasks.sync.events import token_time
 from mongo_migrate.tasks.sync.sources import stream_has_ddl
