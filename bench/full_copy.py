@@ -38,6 +38,14 @@ Prefect server, the ceiling's client) on CPU 1, for the ceiling and the migratio
 as on a host of its own, where a real migration's source reads and tool do not take its cores (on this
 2-core machine they otherwise share them).
 
+--mongo-tools DIR also measures, in each round, the peers' way of doing it: `mongodump --archive |
+mongorestore --archive` (MongoDB Database Tools from DIR, whichever build the user has; --workers
+collections in parallel on both sides and --restore-insertion-workers inserting into each collection,
+the tools' defaults otherwise: indexes restored after the data, no verification) onto the same empty
+destination, timed whole, with its CPU account; each migration is
+then also given as a ratio of its time (the issue's promise: no later than dump|restore, in the same
+run, whatever this shared machine's speed of the hour).
+
 --runner dask measures the migration a second time in each round, beside the thread pool, with
 copy_options.runner {dask_local_workers: --workers} (a LocalCluster of that many worker processes, one
 range at a time each; the thread pool and the ceiling use --workers threads), and prints its docs/s over
@@ -159,6 +167,29 @@ def ceiling(src, dst, colls: list[str], workers: int, account: CpuAccount | None
     return insert_s, index_s
 
 
+def dump_restore(src, dst, tools: Path, workers: int, insertion_workers: int,
+                 account: CpuAccount | None = None) -> float:
+    """Seconds of `mongodump --archive | mongorestore --archive` of the bench database onto the
+    destination (both tools' CPU lands in `account`'s "children": they have ended when it stops)."""
+    if account:
+        account.start()
+    t = time.perf_counter()
+    dump = subprocess.Popen([str(tools / "mongodump"), f"--uri={src.uri()}", "--db=bench", "--archive",
+                             f"--numParallelCollections={workers}", "--quiet"], stdout=subprocess.PIPE)
+    restore = subprocess.run([str(tools / "mongorestore"), f"--uri={dst.uri()}", "--archive",
+                              f"--numParallelCollections={workers}",
+                              f"--numInsertionWorkersPerCollection={insertion_workers}", "--quiet"], stdin=dump.stdout,
+                             capture_output=True, text=True)
+    dump.stdout.close()
+    dumped = dump.wait()
+    seconds = time.perf_counter() - t
+    if account:
+        account.stop()
+    if dumped or restore.returncode:
+        sys.exit(f"mongodump ({dumped}) | mongorestore ({restore.returncode}) failed:\n{restore.stderr[-3000:]}")
+    return seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_set_args(ap, default_docs=1_000_000)
@@ -177,7 +208,14 @@ def main() -> None:
                     help="the destination mongod on CPU 0 alone, everything else on CPU 1 (see above)")
     ap.add_argument("--skew", action="store_true",
                     help="also 90%% of the documents in one collection (the same total), beside the even run")
+    ap.add_argument("--mongo-tools", type=Path, default=None, metavar="DIR",
+                    help="a folder with mongodump and mongorestore: also measure dump|restore in each round")
+    # the fastest of 1 (the tools' default), 2 and 4 on this machine: 30.9, 21.9 and 22.0 s at 1 M, 2 rounds
+    ap.add_argument("--restore-insertion-workers", type=int, default=2,
+                    help="mongorestore --numInsertionWorkersPerCollection (default 2)")
     args = data_set(ap.parse_args())
+    if args.mongo_tools and not all((args.mongo_tools / t).is_file() for t in ("mongodump", "mongorestore")):
+        sys.exit(f"--mongo-tools {args.mongo_tools}: no mongodump and mongorestore there")
     if args.pin:
         os.sched_setaffinity(0, {1})  # before anything starts: every process started from here inherits it
     compile_project()
@@ -257,6 +295,7 @@ def cpu_line(used: dict[str, float], pinned: str | None, wall_s: float, ceiling_
             + f"(took {wall_s / floor:.2f}x that){best}")
 
 
+PEER = "dump|restore"
 BY_STEP_PROCESSES = ("destination", "source", "command", "Prefect server")
 
 
@@ -295,11 +334,11 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
     prints the medians and returns docs/s by measure."""
     # a measure's name: the Prefect mode, and ", dask" for the Dask runner
     runs = {(m if r == "threads" else f"{m}, {r}"): (m, path) for m in modes for r, path in spec_paths.items()}
-    rows: dict[str, list] = {"ceiling": []} | {name: [] for name in runs}
+    rows: dict[str, list] = {"ceiling": []} | ({PEER: []} if args.mongo_tools else {}) | {name: [] for name in runs}
     floors: dict[str, list[float]] = {mode: [] for mode in modes}
     mongods = {"destination": dst.proc.pid, "source": src.proc.pid}
     pinned = "destination" if args.pin else None
-    cpu: dict[str, list[dict[str, float]]] = {"ceiling": []} | {name: [] for name in runs}
+    cpu: dict[str, list[dict[str, float]]] = {"ceiling": [], PEER: []} | {name: [] for name in runs}
     by_step: dict[str, list[dict[str, tuple[float, dict[str, float]]]]] = {name: [] for name in runs}
     for r in range(args.rounds):
         account = CpuAccount(mongods)
@@ -308,6 +347,20 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
         cpu["ceiling"].append(account.used)
         print(f"round {r + 1}: ceiling {insert_s + index_s:.1f}s (insert {insert_s:.1f} + index {index_s:.1f}); "
               + cpu_line(account.used, pinned, insert_s + index_s))
+        if args.mongo_tools:
+            account = CpuAccount(mongods)
+            peer_s = dump_restore(src, dst, args.mongo_tools, args.workers, args.restore_insertion_workers, account)
+            restored = sum(dc.bench[name].count_documents({}) for name in args.colls)
+            assert restored == total_docs, f"dump|restore left {restored:,} documents of {total_docs:,}"
+            indexes = sum(len(dc.bench[name].index_information()) for name in args.colls)
+            assert indexes == 2 * len(args.colls), f"dump|restore left {indexes} indexes"
+            dc.drop_database("bench")
+            used = dict(account.used)
+            used["dump|restore"] = used.pop("children")
+            rows[PEER].append(peer_s)
+            cpu[PEER].append(used)
+            print(f"round {r + 1}: {PEER} {peer_s:.1f}s = {(insert_s + index_s) / peer_s:.2f} of this round's "
+                  f"ceiling; " + cpu_line(used, pinned, peer_s, insert_s + index_s))
         for label, (mode, spec_path) in runs.items():
             env = dict(base_env)
             digesting = ""
@@ -332,9 +385,10 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
             rows[label].append((wall, summary, peak))
             cpu[label].append(used)
             steps = ", ".join(f"{k} {v:.1f}" for k, v in summary["phases"].items())
+            against_peer = f" and {rows[PEER][-1] / wall:.2f} of {PEER}'s speed" if rows.get(PEER) else ""
             print(f"round {r + 1}: {label:<9} whole {wall:.1f}s = {(insert_s + index_s) / wall:.2f} of this round's "
-                  f"ceiling; steps {steps}; outside the flow {wall - summary['seconds']:.1f}s; peak RSS {peak:.0f} MB"
-                  f"{digesting}\n    " + cpu_line(used, pinned, wall, insert_s + index_s))
+                  f"ceiling{against_peer}; steps {steps}; outside the flow {wall - summary['seconds']:.1f}s; "
+                  f"peak RSS {peak:.0f} MB{digesting}\n    " + cpu_line(used, pinned, wall, insert_s + index_s))
             if timeline is not None:
                 by_step[label].append(cpu_by_step(timeline, summary))
                 print("    " + by_step_line(by_step[label][-1]))
@@ -352,6 +406,11 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
     print(f"{'ceiling (insert + index)':<36}{ceil_s:>9.1f}{total_docs / ceil_s:>11,.0f}{1.0:>12.2f}{'-':>13}")
     print("    " + cpu_line(median_account(cpu["ceiling"]), pinned, ceil_s, label="CPU s, medians:"))
     rates = {"ceiling": total_docs / ceil_s}
+    peer_s = statistics.median(rows[PEER]) if rows.get(PEER) else None
+    if peer_s:
+        print(f"{PEER:<36}{peer_s:>9.1f}{total_docs / peer_s:>11,.0f}{ceil_s / peer_s:>12.2f}{'-':>13}")
+        print("    " + cpu_line(median_account(cpu[PEER]), pinned, peer_s, ceil_s, label="CPU s, medians:"))
+        rates[PEER] = total_docs / peer_s
     for mode in runs:
         copy_s = statistics.median(s["copy_seconds"] + s["index_seconds"] for _, s, _ in rows[mode])
         wall = statistics.median(w for w, _, _ in rows[mode])
@@ -365,6 +424,9 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
         print("    steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
               + f"; outside the flow {wall - statistics.median(s['seconds'] for _, s, _ in rows[mode]):.1f}s")
         print("    " + cpu_line(median_account(cpu[mode]), pinned, wall, ceil_s, label="CPU s, medians:"))
+        if peer_s:
+            print(f"    {PEER}'s time / this one's: {peer_s / wall:.2f} (medians; by round "
+                  + ", ".join(f"{p / w:.2f}" for p, (w, _, _) in zip(rows[PEER], rows[mode])) + ")")
         if by_step[mode]:
             print("    " + by_step_line(median_by_step(by_step[mode]), "CPU s by step, medians"))
         if floors.get(mode):
@@ -373,7 +435,8 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
         dask = ", dask" if mode.endswith(", dask") else ""
         rates["copy + indexes" + dask] = total_docs / copy_s
         rates[f"whole command, {mode}"] = total_docs / wall
-    print("targets: whole command >= 0.60 of the ceiling; peak RSS < 400 MB", flush=True)
+    print("targets: whole command >= 0.60 of the ceiling" + (f", and no slower than {PEER} (>= 1.00)" if peer_s else "")
+          + "; peak RSS < 400 MB", flush=True)
     return rates
 
 

@@ -61,7 +61,10 @@ def data_set_args(description: str, default_docs: int) -> argparse.Namespace:
 def pin_process(pid: int, cpus: set[int]) -> None:
     """Every thread of a running process on `cpus` (threads it starts later inherit it from theirs)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(tid), cpus)
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that ended since the listing
+            pass
 
 
 def cpu_seconds(pid: int) -> float:
