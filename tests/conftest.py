@@ -11,8 +11,11 @@ os.environ["DO_NOT_TRACK"] = "1"  # nor Prefect's client telemetry (no internet 
 # the session turns flow-run heartbeats off (prefect_api); a value from the environment would not matter
 os.environ.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", None)
 
+import bson  # noqa: E402
 import pytest  # noqa: E402
+from bson.raw_bson import RawBSONDocument  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
+from pymongo.errors import WriteError  # noqa: E402
 
 from mongo_migrate.blocks.mongo import close_clients  # noqa: E402
 from mongo_migrate.blocks.spec import META_DATABASE, parse_spec  # noqa: E402
@@ -225,11 +228,34 @@ def collection_options(client: MongoClient, ns: str) -> dict:
 
 def load_bson(relative: str) -> list:
     """The documents of a .bson file under tests/data, as RawBSONDocuments over the file's bytes."""
-    import bson
 
     from mongo_migrate.tasks.common import RAW
 
     return bson.decode_all((DATA / relative).read_bytes(), RAW)
+
+
+MAX_BSON = 16 * 1024 * 1024  # the largest document a server stores
+
+
+def sized(_id, size: int) -> RawBSONDocument:
+    """A document of exactly `size` bytes with this _id (a string field pads it)."""
+    pad = size - len(bson.encode({"_id": _id, "p": ""}))
+    doc = RawBSONDocument(bson.encode({"_id": _id, "p": "x" * pad}))
+    assert len(doc.raw) == size
+    return doc
+
+
+def insert_large(coll, doc, attempts=5):
+    """A 15-16 MB insert into a mongod with a 0.25 GB cache that has seen few writes yet can be refused
+    as "transaction is too large ... cache" (code 388) until its cache has warmed up: try again."""
+    for attempt in range(attempts):
+        try:
+            return coll.insert_one(doc)
+        except WriteError as exc:
+            if exc.code != 388 or attempt == attempts - 1:
+                raise
+            coll.database.warmup.insert_many([{"pad": "p" * 1000} for _ in range(1000)])
+            coll.database.drop_collection("warmup")
 
 
 def insert_raw(client: MongoClient, ns: str, docs: list) -> None:
@@ -240,5 +266,5 @@ def insert_raw(client: MongoClient, ns: str, docs: list) -> None:
     client[db].get_collection(coll, codec_options=RAW).insert_many(docs)
 
 
-__all__ = ["META_DATABASE", "assert_same_documents", "collection_options", "index_specs", "insert_raw",
-           "load_bson", "make_spec", "raw_documents", "user_collections", "DATA", "ROOT"]
+__all__ = ["META_DATABASE", "MAX_BSON", "assert_same_documents", "collection_options", "index_specs", "insert_large",
+           "insert_raw", "load_bson", "make_spec", "raw_documents", "sized", "user_collections", "DATA", "ROOT"]

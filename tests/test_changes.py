@@ -8,7 +8,7 @@ import time
 
 import bson
 import pytest
-from bson import Int64
+from bson import Int64, ObjectId
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import DeleteOne, ReplaceOne
@@ -26,7 +26,7 @@ from mongo_migrate.tasks.sync.events import (Batch, CreateCollection, CreateInde
                                              RenameCollection, change_stream_pipeline, format_delay, partition_writes,
                                              plan_change, token_time, transaction_of)
 from mongo_migrate.tasks.sync.position import save_start_point, source_cluster_time
-from tests.conftest import assert_same_documents, index_specs, make_spec, user_collections
+from tests.conftest import MAX_BSON, assert_same_documents, index_specs, insert_large, make_spec, sized, user_collections
 
 SPEC = {"source": {"uri": "mongodb://127.0.0.1:1/"}, "destination": {"uri": "mongodb://127.0.0.1:2/"},
         "migration_types": ["full", "incremental"]}
@@ -238,6 +238,23 @@ def test_updates_replay_byte_for_byte_whatever_their_shape(src_client, dst_clien
     sync = run_until_caught_up(spec)
     assert sync.events_applied >= 20 + 16
     assert_same_documents(src_client, dst_client, "shop.docs")
+
+
+def test_changes_to_16_mb_documents_reach_the_destination(src_client, dst_client, spec_for):
+    # events of the largest documents a server stores: without updateDescription (left out by the
+    # stream's pipeline) an update's event carries the document once, not twice (32 MB: the stream failed)
+    spec = sync_spec(spec_for, objects=[{"database": "shop"}])
+    save_start_point(spec, resumed=False)
+    c = src_client.shop.big
+    insert_large(c, sized(1, MAX_BSON))
+    insert_large(c, sized(ObjectId(), MAX_BSON - 100))
+    c.update_one({"_id": 1}, {"$set": {"p": "y" * (MAX_BSON - len(bson.encode({"_id": 1, "p": ""})))}})
+    c.replace_one({"_id": 1}, sized(1, MAX_BSON))
+    c.insert_one({"_id": 2, "small": True})
+    sync = run_until_caught_up(spec)
+    assert sync.events_applied >= 5
+    assert_same_documents(src_client, dst_client, "shop.big")
+    assert dst_client.shop.big.count_documents({}) == 3
 
 
 def test_replaying_from_the_start_point_converges_to_the_same_bytes(src_client, dst_client, spec_for):

@@ -17,9 +17,7 @@ from mongo_migrate.flows.migrate import migrate
 from mongo_migrate.tasks.common import from_ejson
 from mongo_migrate.tasks.copy import split_collection
 from mongo_migrate.tasks.namespaces import plan_namespaces
-from tests.conftest import assert_same_documents, insert_raw, load_bson, raw_documents
-
-MAX_BSON = 16 * 1024 * 1024
+from tests.conftest import MAX_BSON, assert_same_documents, insert_raw, load_bson, raw_documents, sized
 
 
 def raw(doc: dict) -> RawBSONDocument:
@@ -51,13 +49,6 @@ def deepest_accepted(coll) -> int:
         except OperationFailure:
             hi = mid
     return lo
-
-
-def sized(_id: str, size: int) -> RawBSONDocument:
-    pad = size - len(bson.encode({"_id": _id, "p": ""}))
-    doc = raw({"_id": _id, "p": "x" * pad})
-    assert len(doc.raw) == size
-    return doc
 
 
 ODD_SHAPES = [

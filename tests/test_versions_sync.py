@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import bson
 import pytest
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
@@ -15,7 +16,8 @@ from pymongo.errors import OperationFailure
 from mongo_migrate.flows.approval import approve_cutover
 from mongo_migrate.flows.migrate import migrate
 from mongo_migrate.tasks.state import read_sync_state
-from tests.conftest import assert_same_documents, collection_options, index_specs, make_spec, user_collections
+from tests.conftest import (MAX_BSON, assert_same_documents, collection_options, index_specs, insert_large, make_spec, sized,
+                            user_collections)
 from tests.load import SourceLoad, seed
 from tests.test_incremental import wait_for, waiting_since
 
@@ -87,6 +89,10 @@ def test_full_and_incremental_with_ddl_during_the_sync(version, old_source, dest
                             what="the run to wait for approval")
             assert "error" not in result, result.get("error")
             ddl_during_the_sync(src)
+            # the largest documents a server stores: their events go through (tasks/precheck/data.py)
+            insert_large(src.shop.big, sized(1, MAX_BSON))
+            src.shop.big.update_one({"_id": 1}, {"$set": {"p": "z" * (MAX_BSON - len(bson.encode({"_id": 1, "p": ""})))}})
+            src.shop.big.replace_one({"_id": 1}, sized(1, MAX_BSON - 10))
             rounds = load.rounds
             wait_for(lambda: load.rounds > rounds + 10 or load.errors, what="more load")
             load.stop()
@@ -105,7 +111,7 @@ def test_full_and_incremental_with_ddl_during_the_sync(version, old_source, dest
         assert summary.sync.ddl_applied >= 10, summary.sync
 
         names = user_collections(src, "shop")
-        assert {"log", "checked", "promoted", "recent", "orders"} <= set(names)
+        assert {"log", "checked", "promoted", "recent", "orders", "big"} <= set(names)
         assert "scratch" not in names and "gone" not in dst_client.list_database_names()
         assert user_collections(dst_client, "shop_v2") == names
         for name in names:
