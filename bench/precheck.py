@@ -5,7 +5,12 @@ about --doc-bytes each in --collections collections (one secondary index and one
 then times, on the same data:
 
   precheck   the whole `precheck` flow (every item as a task, against a temporary Prefect server);
-  scan       item 12 alone (documents near 16 MB via $bsonSize, _id types, views, TTL counts);
+  scan       item 12 alone (documents too large for a change event, _id types, views, TTL counts);
+  event size what item 12's search for documents too large for a change event costs: the two ends
+             of the `_id` index (all it reads when they are of one fixed-size type, ObjectId say), and
+             every document sized by $bsonSize (what it reads otherwise, from 4.4; and what it read for
+             every incremental run before the fourteenth pass); beside them, the whole `_id` index read,
+             covered, for its largest _id (the alternative not taken);
   rate       the copy rate item 8 measures from its sample read.
 
 Prints seconds and docs/s of the scan (the item that reads every document, on the server).
@@ -44,6 +49,7 @@ def main() -> None:
     from mongo_migrate.tasks import precheck as pc
     from mongo_migrate.tasks.connect import check_connectivity
     from mongo_migrate.tasks.namespaces import plan_namespaces
+    from mongo_migrate.tasks.precheck.data import fixed_size_ids
 
     with tempfile.TemporaryDirectory(prefix="bench-precheck-") as tmp:
         src = Mongod(Path(tmp) / "src", replset="src", small_journal=False).start()
@@ -79,6 +85,17 @@ def main() -> None:
             t = time.perf_counter()
             rows = pc.check_data_compatibility(spec, plan, destination, inventory)
             scan_s = time.perf_counter() - t
+            t = time.perf_counter()
+            fixed = all(fixed_size_ids(client.bench[p.source_name]) for p in plan.collections)
+            ends_s = time.perf_counter() - t
+            t = time.perf_counter()
+            for p in plan.collections:
+                list(client.bench[p.source_name].aggregate([{"$group": {"_id": None, "max": {"$max": {"$bsonSize": {"_id": "$_id"}}}}}], hint={"_id": 1}))
+            ids_s = time.perf_counter() - t
+            t = time.perf_counter()
+            for p in plan.collections:
+                list(client.bench[p.source_name].aggregate([{"$group": {"_id": None, "max": {"$max": {"$bsonSize": "$$ROOT"}}}}]))
+            sized_s = time.perf_counter() - t
             rate = pc.measure_copy_rate(spec, inventory)
             docs = sum(c.docs for c in inventory.collections)
             print(f"precheck flow: {flow_s:.1f}s ({'passed' if outcome.report.passed else 'FAILED'}, "
@@ -86,6 +103,9 @@ def main() -> None:
             print(f"data scan:     {scan_s:.1f}s for {docs:,} documents, "
                   f"{inventory.data_bytes / 1e6:,.0f} MB ({docs / scan_s:,.0f} docs/s) -> "
                   + ", ".join(f"{r.name} {r.status}" for r in rows))
+            print(f"event size:    the ends of the _id index {ends_s:.3f}s (one fixed-size _id type: {fixed}); "
+                  f"every document sized {sized_s:.2f}s (_ids of other types, and every incremental run before "
+                  f"the fourteenth pass); the whole _id index read for its largest _id, covered, {ids_s:.2f}s")
             print(f"copy rate measured for the oplog window: {rate / 1e6:,.1f} MB/s")
             del source
         finally:

@@ -13,7 +13,6 @@ import pytest
 from bson import Code
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-from pymongo.errors import WriteError
 
 from mongo_migrate.blocks.mongo import close_clients
 from mongo_migrate.blocks.spec import SpecError, parse_spec
@@ -23,7 +22,7 @@ from mongo_migrate.sandbox.mongod import Mongod, free_port
 from mongo_migrate.tasks import precheck as pc
 from mongo_migrate.tasks.connect import EndpointInfo, check_connectivity
 from mongo_migrate.tasks.namespaces import plan_namespaces
-from tests.conftest import make_spec
+from tests.conftest import MAX_BSON, insert_large, make_spec, sized
 
 PASSWORD = "s3cret-pw"
 
@@ -504,24 +503,13 @@ def test_data_compatibility_passes_on_clean_data(src_client, spec_for):
     assert row.status == "passed" and "1 collections scanned" in row.detail
 
 
-def insert_large(coll, doc, attempts=5):
-    """A 15 MB insert into a mongod with a 0.25 GB cache that has seen few writes yet can be refused
-    as "transaction is too large ... cache" (code 388) until its cache has warmed up: try again."""
-    for attempt in range(attempts):
-        try:
-            return coll.insert_one(doc)
-        except WriteError as exc:
-            if exc.code != 388 or attempt == attempts - 1:
-                raise
-            coll.database.warmup.insert_many([{"pad": "p" * 1000} for _ in range(1000)])
-            coll.database.drop_collection("warmup")
-
-
 def test_data_compatibility_finds_what_breaks(src_client, spec_for):
     shop = src_client.shop
     shop.mixed.insert_many([{"_id": 1}, {"_id": 2.5}, {"_id": "a"}, {"_id": {"k": 1}}])
     shop.big.insert_one({"_id": 2, "small": 1})
-    insert_large(shop.big, {"_id": 1, "blob": "x" * (15 * 1024 * 1024 + 512)})
+    # near 16 MB: a change event carries one of them, not the one whose _id is 4 KB
+    insert_large(shop.big, sized(1, MAX_BSON))
+    insert_large(shop.big, sized("k" * 4000, MAX_BSON - 4096))
     shop.create_collection("metrics", timeseries={"timeField": "t"})
     shop.metrics.insert_one({"t": dt.datetime(2024, 1, 1)})
     shop.create_collection("orphan_view", viewOn="deleted", pipeline=[])
@@ -537,7 +525,8 @@ def test_data_compatibility_finds_what_breaks(src_client, spec_for):
         src_client.admin.command("setParameter", 1, ttlMonitorEnabled=True)
     assert set(rows) == {"large documents", "mixed _id types", "time-series", "views", "TTL indexes"}
     assert all(r.status == "warning" for r in rows.values())
-    assert "shop.big: 1 (largest 15.0 MiB)" in rows["large documents"].detail
+    assert "shop.big: 1 (largest 16.0 MiB)" in rows["large documents"].detail
+    assert "_id so large (over 3,072 bytes)" in rows["large documents"].detail
     assert "shop.mixed: double 1, int 1, object 1, string 1" in rows["mixed _id types"].detail
     assert "shop.metrics" in rows["time-series"].detail
     assert "shop.orphan_view reads shop.deleted, which does not exist" in rows["views"].detail
