@@ -42,9 +42,9 @@ as on a host of its own, where a real migration's source reads and tool do not t
 mongorestore --archive` (MongoDB Database Tools from DIR, whichever build the user has; --workers
 collections in parallel on both sides and --restore-insertion-workers inserting into each collection,
 the tools' defaults otherwise: indexes restored after the data, no verification) onto the same empty
-destination, timed whole, with its CPU account; each migration is
-then also given as a ratio of its time (the issue's promise: no later than dump|restore, in the same
-run, whatever this shared machine's speed of the hour).
+destination, timed whole, with its CPU account; each migration is then also given as a ratio of its
+time (the promise: no later than dump|restore, measured in the same rounds, whatever this shared
+machine's speed of the hour).
 
 --runner dask measures the migration a second time in each round, beside the thread pool, with
 copy_options.runner {dask_local_workers: --workers} (a LocalCluster of that many worker processes, one
@@ -356,7 +356,7 @@ def measure(args, src, dst, dc, spec_paths: dict[str, Path], modes: list[str], b
             assert indexes == 2 * len(args.colls), f"dump|restore left {indexes} indexes"
             dc.drop_database("bench")
             used = dict(account.used)
-            used["dump|restore"] = used.pop("children")
+            used[PEER] = used.pop("children")
             rows[PEER].append(peer_s)
             cpu[PEER].append(used)
             print(f"round {r + 1}: {PEER} {peer_s:.1f}s = {(insert_s + index_s) / peer_s:.2f} of this round's "
