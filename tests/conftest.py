@@ -246,11 +246,15 @@ def sized(_id, size: int) -> RawBSONDocument:
 
 
 def insert_large(coll, doc, attempts=5):
-    """A 15-16 MB insert into a mongod with a 0.25 GB cache that has seen few writes yet can be refused
-    as "transaction is too large ... cache" (code 388) until its cache has warmed up: try again."""
+    return write_large(coll, lambda: coll.insert_one(doc), attempts)
+
+
+def write_large(coll, write, attempts=5):
+    """A 15-16 MB write (`write()`) into a mongod with a 0.25 GB cache that has seen few writes yet can be
+    refused as "transaction is too large ... cache" (code 388) until its cache has warmed up: try again."""
     for attempt in range(attempts):
         try:
-            return coll.insert_one(doc)
+            return write()
         except WriteError as exc:
             if exc.code != 388 or attempt == attempts - 1:
                 raise
@@ -267,4 +271,5 @@ def insert_raw(client: MongoClient, ns: str, docs: list) -> None:
 
 
 __all__ = ["META_DATABASE", "MAX_BSON", "assert_same_documents", "collection_options", "index_specs", "insert_large",
-           "insert_raw", "load_bson", "make_spec", "raw_documents", "sized", "user_collections", "DATA", "ROOT"]
+           "insert_raw", "load_bson", "make_spec", "raw_documents", "sized", "user_collections", "write_large", "DATA",
+           "ROOT"]
