@@ -237,10 +237,14 @@ def load_bson(relative: str) -> list:
 MAX_BSON = 16 * 1024 * 1024  # the largest document a server stores
 
 
+def padding(_id, size: int) -> int:
+    """The length of the string field "p" that makes {_id, p} a document of exactly `size` bytes."""
+    return size - len(bson.encode({"_id": _id, "p": ""}))
+
+
 def sized(_id, size: int) -> RawBSONDocument:
-    """A document of exactly `size` bytes with this _id (a string field pads it)."""
-    pad = size - len(bson.encode({"_id": _id, "p": ""}))
-    doc = RawBSONDocument(bson.encode({"_id": _id, "p": "x" * pad}))
+    """A document of exactly `size` bytes with this _id (a string field "p" pads it)."""
+    doc = RawBSONDocument(bson.encode({"_id": _id, "p": "x" * padding(_id, size)}))
     assert len(doc.raw) == size
     return doc
 
@@ -271,5 +275,5 @@ def insert_raw(client: MongoClient, ns: str, docs: list) -> None:
 
 
 __all__ = ["META_DATABASE", "MAX_BSON", "assert_same_documents", "collection_options", "index_specs", "insert_large",
-           "insert_raw", "load_bson", "make_spec", "raw_documents", "sized", "user_collections", "write_large", "DATA",
+           "insert_raw", "load_bson", "make_spec", "padding", "raw_documents", "sized", "user_collections", "write_large", "DATA",
            "ROOT"]

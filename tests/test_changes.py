@@ -26,8 +26,8 @@ from mongo_migrate.tasks.sync.events import (Batch, CreateCollection, CreateInde
                                              RenameCollection, change_stream_pipeline, format_delay, partition_writes,
                                              plan_change, token_time, transaction_of)
 from mongo_migrate.tasks.sync.position import save_start_point, source_cluster_time
-from tests.conftest import (MAX_BSON, assert_same_documents, index_specs, insert_large, make_spec, sized, user_collections,
-                            write_large)
+from tests.conftest import (MAX_BSON, assert_same_documents, index_specs, insert_large, make_spec, padding, sized,
+                            user_collections, write_large)
 
 SPEC = {"source": {"uri": "mongodb://127.0.0.1:1/"}, "destination": {"uri": "mongodb://127.0.0.1:2/"},
         "migration_types": ["full", "incremental"]}
@@ -249,7 +249,7 @@ def test_changes_to_16_mb_documents_reach_the_destination(src_client, dst_client
     c = src_client.shop.big
     insert_large(c, sized(1, MAX_BSON))
     insert_large(c, sized(ObjectId(), MAX_BSON - 100))
-    write_large(c, lambda: c.update_one({"_id": 1}, {"$set": {"p": "y" * (MAX_BSON - len(bson.encode({"_id": 1, "p": ""})))}}))
+    write_large(c, lambda: c.update_one({"_id": 1}, {"$set": {"p": "y" * padding(1, MAX_BSON)}}))
     write_large(c, lambda: c.replace_one({"_id": 1}, sized(1, MAX_BSON)))
     c.insert_one({"_id": 2, "small": True})
     sync = run_until_caught_up(spec)

@@ -8,7 +8,6 @@ import threading
 import time
 from datetime import datetime, timezone
 
-import bson
 import pytest
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
@@ -16,8 +15,8 @@ from pymongo.errors import OperationFailure
 from mongo_migrate.flows.approval import approve_cutover
 from mongo_migrate.flows.migrate import migrate
 from mongo_migrate.tasks.state import read_sync_state
-from tests.conftest import (MAX_BSON, assert_same_documents, collection_options, index_specs, insert_large, make_spec, sized,
-                            user_collections, write_large)
+from tests.conftest import (MAX_BSON, assert_same_documents, collection_options, index_specs, insert_large, make_spec, padding,
+                            sized, user_collections, write_large)
 from tests.load import SourceLoad, seed
 from tests.test_incremental import wait_for, waiting_since
 
@@ -90,9 +89,9 @@ def test_full_and_incremental_with_ddl_during_the_sync(version, old_source, dest
             assert "error" not in result, result.get("error")
             ddl_during_the_sync(src)
             # the largest documents a server stores: their events go through (tasks/precheck/data.py)
-            insert_large(src.shop.big, sized(1, MAX_BSON))
             big = src.shop.big
-            write_large(big, lambda: big.update_one({"_id": 1}, {"$set": {"p": "z" * (MAX_BSON - len(bson.encode({"_id": 1, "p": ""})))}}))
+            insert_large(big, sized(1, MAX_BSON))
+            write_large(big, lambda: big.update_one({"_id": 1}, {"$set": {"p": "z" * padding(1, MAX_BSON)}}))
             write_large(big, lambda: big.replace_one({"_id": 1}, sized(1, MAX_BSON - 10)))
             rounds = load.rounds
             wait_for(lambda: load.rounds > rounds + 10 or load.errors, what="more load")
