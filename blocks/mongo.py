@@ -19,6 +19,15 @@ from pymongo import MongoClient
 
 DRIVER_NAME = "mongo-migrate"
 
+# Every write mongo-migrate makes is acknowledged only once a majority of the deployment's members hold
+# it (journaled, by the servers' default), whatever the URI or the deployment's default write concern
+# says. The copy's and the sync's checkpoints move on past acknowledged writes only, so an acknowledged
+# write must be one no failover rolls back: a 4.4 replica set's default, and an arbiter's since 5.0, is
+# w:1, whose writes a failover can roll back after the checkpoint has passed them. A majority that does
+# not answer within the timeout is a write concern error, and the write is made again (tasks/copy.py,
+# tasks/sync/engine.py). A standalone acknowledges majority as it does w:1.
+WRITE_CONCERN = {"w": "majority", "wTimeoutMS": 60_000}
+
 
 def split_uri_password(uri: str) -> tuple[str, str | None, str | None]:
     """Return (uri without credentials, username, password) for a mongodb:// or mongodb+srv:// URI."""
@@ -131,6 +140,7 @@ class MongoConnection(BaseModel):
             "serverSelectionTimeoutMS": ms,
             "connectTimeoutMS": ms,
             "appname": DRIVER_NAME,
+            **WRITE_CONCERN,
         }
         if self.username:
             kwargs["username"] = self.username

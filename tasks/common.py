@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
+from pymongo.database import Database
 
 from mongo_migrate.blocks.errors import MigrationError
 
@@ -38,6 +39,13 @@ def version_tuple(version: str | None) -> tuple[int, int]:
         return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
     except ValueError:
         return (0, 0)
+
+
+def write_command(db: Database, name: str, value: Any, **fields: Any) -> dict:
+    """A command that writes (create, createIndexes, collMod, renameCollection, ...), sent with the write
+    concern of its client (blocks/mongo.py WRITE_CONCERN: majority): `Database.command` sends none, and
+    the deployment's default may be w:1."""
+    return db.command(name, value, writeConcern=db.write_concern.document, **fields)
 
 
 def to_ejson(value: Any) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel
-from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError, ServerSelectionTimeoutError
+from pymongo.errors import (BulkWriteError, ConfigurationError, InvalidURI, OperationFailure, PyMongoError,
+                            ServerSelectionTimeoutError, WriteConcernError)
 
 from mongo_migrate.blocks.mongo import MongoConnection, open_client, server_hello
 from mongo_migrate.blocks.spec import EndpointSpec, SpecError
@@ -58,9 +59,25 @@ def describe_connection_error(exc: Exception, where: str) -> tuple[Cause, str]:
         if "connection closed" in low or "connection reset" in low:
             return "tls", f"{where}: the server closed the connection; it may require TLS (set tls: true)"
         return "timeout", f"{where}: no answer within the connect timeout; check host, port and firewall"
+    if write_concern_timed_out(exc):
+        return "other", (f"{where}: a majority of the destination's members did not confirm a write in time (every "
+                         "write is made with write concern majority): check that its secondaries are up and keeping "
+                         "up, then run the spec again")
     if isinstance(exc, OperationFailure):
         return "other", f"{where}: {exc.details.get('errmsg', text) if exc.details else text}"
     return "other", f"{where}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+WRITE_CONCERN_FAILED = 64  # the write concern's wtimeout passed (blocks/mongo.py WRITE_CONCERN)
+
+
+def write_concern_timed_out(exc: BaseException) -> bool:
+    """A write the destination made but a majority did not confirm within the write concern's timeout."""
+    if isinstance(exc, WriteConcernError):
+        return exc.code == WRITE_CONCERN_FAILED
+    if isinstance(exc, BulkWriteError):
+        return any(e.get("code") == WRITE_CONCERN_FAILED for e in exc.details.get("writeConcernErrors", []))
+    return False
 
 
 def check_connectivity(endpoint: EndpointSpec, role: str) -> EndpointInfo:

@@ -9,7 +9,7 @@ from pymongo.errors import CollectionInvalid, OperationFailure
 from mongo_migrate.blocks.errors import UniqueConversionFailed
 from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import MigrationSpec
-from mongo_migrate.tasks.common import NAMESPACE_EXISTS, step, to_ejson
+from mongo_migrate.tasks.common import NAMESPACE_EXISTS, step, to_ejson, write_command
 from mongo_migrate.tasks.namespaces import CollectionPlan, NamespaceMapper
 
 log = logging.getLogger("mongo_migrate.schema")
@@ -35,7 +35,7 @@ def create_target_collection(spec: MigrationSpec, plan: CollectionPlan) -> str:
     """
     db = open_client(spec.destination.resolve())[plan.target_db]
     try:
-        db.command("create", plan.target_name, **create_options(plan))
+        write_command(db, "create", plan.target_name, **create_options(plan))
         return "created"
     except (CollectionInvalid, OperationFailure) as exc:
         if getattr(exc, "code", None) == NAMESPACE_EXISTS:
@@ -91,14 +91,15 @@ def build_indexes(spec: MigrationSpec, plan: CollectionPlan, defer_unique: bool 
                         # a cutover killed between convert_to_unique's two collMods: the index is
                         # put back as built (it would refuse the sync's passing duplicates, and
                         # createIndexes would call the spec without prepareUnique a conflict)
-                        db.command("collMod", plan.target_name, index={"name": s["name"], "prepareUnique": False})
+                        write_command(db, "collMod", plan.target_name,
+                                      index={"name": s["name"], "prepareUnique": False})
                     wanted.append({k: v for k, v in s.items() if k != "unique"})
                     deferred.append(s["name"])
                 # else: made unique already by an earlier attempt of this run; rebuilding it without
                 # `unique` would conflict with it (IndexKeySpecsConflict)
         if wanted:
             # createIndexes is idempotent for identical specs, so a retried build is harmless
-            db.command("createIndexes", plan.target_name, indexes=wanted)
+            write_command(db, "createIndexes", plan.target_name, indexes=wanted)
     return IndexResult(target_ns=plan.target_ns, built=[s["name"] for s in specs], deferred_unique=deferred)
 
 
@@ -122,14 +123,14 @@ def convert_to_unique(spec: MigrationSpec, plan: CollectionPlan) -> list[str]:
     names = unique_indexes_to_convert(spec, plan)
     db = open_client(spec.destination.resolve())[plan.target_db]
     for name in names:
-        db.command("collMod", plan.target_name, index={"name": name, "prepareUnique": True})
+        write_command(db, "collMod", plan.target_name, index={"name": name, "prepareUnique": True})
         try:
-            db.command("collMod", plan.target_name, index={"name": name, "unique": True})
+            write_command(db, "collMod", plan.target_name, index={"name": name, "unique": True})
         except OperationFailure as exc:
             if exc.code != CANNOT_CONVERT_INDEX_TO_UNIQUE:
                 raise
             try:  # leave the index as it was
-                db.command("collMod", plan.target_name, index={"name": name, "prepareUnique": False})
+                write_command(db, "collMod", plan.target_name, index={"name": name, "prepareUnique": False})
             except OperationFailure:
                 pass
             ids = [to_ejson(i) for v in (exc.details or {}).get("violations", []) for i in v.get("ids", [])]
@@ -139,7 +140,7 @@ def convert_to_unique(spec: MigrationSpec, plan: CollectionPlan) -> list[str]:
                 f"{', ...' if len(ids) > 5 else ''})") from None
         ix = next((i for i in db[plan.target_name].list_indexes() if i["name"] == name), {})
         if "prepareUnique" in ix:  # 6.0 drops it on conversion; should a server keep it, the specs differ
-            db.command("collMod", plan.target_name, index={"name": name, "prepareUnique": False})
+            write_command(db, "collMod", plan.target_name, index={"name": name, "prepareUnique": False})
     return names
 
 
@@ -208,7 +209,7 @@ def create_views(spec: MigrationSpec, views: list[CollectionPlan]) -> list[str]:
         if "pipeline" in opts:
             opts["pipeline"] = map_view_pipeline(opts["pipeline"], view, mapper)
         try:
-            client[view.target_db].command("create", view.target_name, **opts)
+            write_command(client[view.target_db], "create", view.target_name, **opts)
         except OperationFailure as exc:
             if exc.code != NAMESPACE_EXISTS:
                 raise

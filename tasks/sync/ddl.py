@@ -15,7 +15,8 @@ from pymongo.errors import OperationFailure
 from mongo_migrate.blocks.errors import ChangeApplyError
 from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import MigrationSpec
-from mongo_migrate.tasks.common import DUPLICATE_KEY, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND, RAW, to_ejson
+from mongo_migrate.tasks.common import (DUPLICATE_KEY, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND, RAW, to_ejson,
+                                        write_command)
 from mongo_migrate.tasks.copy import insert_raw_stream, read_raw_range
 from mongo_migrate.tasks.namespaces import CollectionPlan, NamespaceMapper
 from mongo_migrate.tasks.schema import build_indexes, create_target_collection, create_views
@@ -82,12 +83,12 @@ class DestinationDDL:
             elif isinstance(action, DropIndexes):
                 for name in action.names:
                     try:
-                        dest[action.target[0]].command("dropIndexes", action.target[1], index=name)
+                        write_command(dest[action.target[0]], "dropIndexes", action.target[1], index=name)
                     except OperationFailure as exc:
                         if exc.code not in (INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND):
                             raise
             elif isinstance(action, ModifyCollection):
-                dest[action.target[0]].command("collMod", action.target[1], **action.changes)
+                write_command(dest[action.target[0]], "collMod", action.target[1], **action.changes)
             elif isinstance(action, DropDatabase):
                 self._drop_database(action.source_db)
         except OperationFailure as exc:
@@ -112,7 +113,7 @@ class DestinationDDL:
         dest = open_client(self.spec.destination.resolve())
         (odb, ocoll), (ndb, ncoll) = action.old_target, action.new_target
         try:
-            dest.admin.command("renameCollection", f"{odb}.{ocoll}", to=f"{ndb}.{ncoll}", dropTarget=True)
+            write_command(dest.admin, "renameCollection", f"{odb}.{ocoll}", to=f"{ndb}.{ncoll}", dropTarget=True)
         except OperationFailure as exc:
             if exc.code != NAMESPACE_NOT_FOUND:
                 raise
@@ -126,14 +127,14 @@ class DestinationDDL:
         db = open_client(self.spec.destination.resolve())[action.target[0]]
         for attempt in range(4):
             try:
-                db.command("createIndexes", action.target[1], indexes=action.indexes)
+                write_command(db, "createIndexes", action.target[1], indexes=action.indexes)
                 return
             except OperationFailure as exc:
                 if exc.code in INDEX_CONFLICTS and attempt == 0:
                     # an index of that name with another spec: the source dropped and recreated it
                     for ix in action.indexes:
                         try:
-                            db.command("dropIndexes", action.target[1], index=ix["name"])
+                            write_command(db, "dropIndexes", action.target[1], index=ix["name"])
                         except OperationFailure:
                             pass
                     continue
