@@ -14,6 +14,14 @@ from mongo_migrate.tasks.common import step
 Cause = Literal["uri", "dns", "refused", "timeout", "auth", "tls", "block", "version", "other"]
 
 
+class WriteMajority(BaseModel):
+    """A replica set's members that can confirm a write concern majority write, against how many must."""
+
+    up: int  # data-bearing members up: the primary and the secondaries that answer
+    needed: int  # writeMajorityCount: how many of them a majority write waits for
+    down: list[str] = []  # members not up (arbiters that answer are neither)
+
+
 class EndpointInfo(BaseModel):
     role: str
     display: str
@@ -29,6 +37,7 @@ class EndpointInfo(BaseModel):
     identity: str | None = None
     identity_basis: str | None = None
     addresses: list[str] = []  # the members' host:port as the server names them (hello)
+    write_majority: WriteMajority | None = None  # a destination replica set's, when it can be read
 
 
 def describe_connection_error(exc: Exception, where: str) -> tuple[Cause, str]:
@@ -179,7 +188,32 @@ def describe_endpoint(conn: MongoConnection, role: str) -> EndpointInfo:
         info.fcv = fcv["featureCompatibilityVersion"]["version"]
     except (OperationFailure, KeyError):
         pass
+    if topology == "replica_set" and role == "destination":
+        info.write_majority = read_write_majority(client)
     return info
+
+
+PRIMARY, SECONDARY, ARBITER = 1, 2, 7  # replSetGetStatus member states
+
+
+def read_write_majority(client) -> WriteMajority | None:
+    """How many data-bearing members of a replica set are up, against how many a write concern majority
+    write waits for (`replSetGetStatus`, in clusterMonitor; None without it, or before 4.2.1, which
+    reports no writeMajorityCount). Every write mongo-migrate makes on the destination waits for them
+    (blocks/mongo.py WRITE_CONCERN): with too few up, as in a primary-secondary-arbiter set whose
+    secondary is down, the primary accepts writes that no majority ever confirms."""
+    try:
+        status = client.admin.command("replSetGetStatus")
+    except OperationFailure:
+        return None
+    needed = status.get("writeMajorityCount")
+    if not isinstance(needed, int):
+        return None
+    members = status.get("members", [])
+    up = [m for m in members if m.get("health") == 1 and m.get("state") in (PRIMARY, SECONDARY)]
+    down = [m.get("name", "?") for m in members
+            if not (m.get("health") == 1 and m.get("state") in (PRIMARY, SECONDARY, ARBITER))]
+    return WriteMajority(up=len(up), needed=needed, down=down)
 
 
 check_connectivity_task = step(check_connectivity, retries=1, retry_delay_seconds=[2])

@@ -3,14 +3,17 @@ the deployment's default write concern says (blocks/mongo.py WRITE_CONCERN): a 4
 and an arbiter's since 5.0, is w:1, whose acknowledged writes a failover can roll back after a checkpoint
 has moved past them.
 
-The destination here is a replica set whose default write concern is set to w:1; it logs every
+The first test's destination is a replica set whose default write concern is set to w:1; it logs every
 operation with the write concern it ran with and where that came from ("clientSupplied", or
 "customDefault" for the deployment's w:1), which is what the test reads back after a whole full +
 incremental run by the real CLI: the copy, index builds (a unique one deferred to the cutover), a view,
-the sync with document changes and DDL, the cutover, and the state records."""
+the sync with document changes and DDL, the cutover, and the state records. Then what a user sees when
+no majority confirms: the run's last line, and the precheck of a primary-secondary-arbiter set whose
+secondary is down."""
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import datetime, timezone
 
 import pytest
@@ -123,3 +126,57 @@ def test_a_write_no_majority_confirms_fails_the_run_saying_so(source, src_client
         "again"), last
     with w1_dest.client() as dst:
         assert dst.shop.orders.count_documents({}) == 0  # the run stopped before its copy
+
+
+def add_member(primary: Mongod, member: Mongod, **settings) -> None:
+    """Start `member` and add it to `primary`'s replica set (a voting secondary, or an arbiter)."""
+    member.dbpath.mkdir(parents=True, exist_ok=True)
+    member.proc = subprocess.Popen(member.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    member._wait_accepting(60)
+    with primary.client() as c:
+        config = c.admin.command("replSetGetConfig")["config"]
+        config["version"] += 1
+        config["members"].append({"_id": len(config["members"]), "host": member.host, **settings})
+        c.admin.command("replSetReconfig", config)
+
+
+@pytest.fixture
+def psa_dest(tmp_path):
+    """A primary-secondary-arbiter destination (its default write concern w:1, as 5.0+ makes it with an
+    arbiter once it is set), its secondary stopped: the primary stays primary, a majority write waits."""
+    primary = Mongod(tmp_path / "p", replset="psa").start()
+    secondary = Mongod(tmp_path / "s", replset="psa")
+    arbiter = Mongod(tmp_path / "a", replset="psa")
+    with primary.client() as c:
+        c.admin.command("setDefaultRWConcern", defaultWriteConcern={"w": 1})
+    add_member(primary, secondary, priority=0)
+    add_member(primary, arbiter, arbiterOnly=True)
+    with primary.client() as c:
+        # a member joins without a vote ("newlyAdded") until the primary has seen it a secondary: until then
+        # a majority write needs the primary alone (writeMajorityCount 1)
+        wait_for(lambda: c.admin.command("replSetGetStatus")["writeMajorityCount"] == 2, 60,
+                 "the secondary to vote")
+        secondary.proc.kill()
+        secondary.proc.wait(10)
+        wait_for(lambda: [m["health"] for m in c.admin.command("replSetGetStatus")["members"]
+                          if m["name"] == secondary.host] == [0], 60, "the primary to see its secondary down")
+    yield primary, secondary
+    for m in (arbiter, primary):
+        m.proc.kill()
+        m.proc.wait(10)
+
+
+def test_a_destination_whose_majority_is_down_fails_the_precheck(source, src_client, psa_dest, run_cli, tmp_path):
+    primary, secondary = psa_dest
+    src_client.shop.orders.insert_many([{"_id": i} for i in range(10)])
+    spec_file = write_spec(tmp_path / "spec.json", source, primary, objects=[{"database": "shop"}])
+    result = run_cli("precheck", str(spec_file))
+    with primary.client() as c:
+        members = [(m["name"], m["health"], m["stateStr"]) for m in c.admin.command("replSetGetStatus")["members"]]
+    assert result.returncode == 2, f"{members}\n{result.stdout}"
+    row = next(line for line in result.stdout.splitlines() if "destination compatibility" in line)
+    assert row.startswith("FAIL") and row.endswith(
+        f"writes cannot be confirmed by a majority: 1 of the 2 data-bearing members a majority write needs are "
+        f"up (down: {secondary.host})"), row
+    with primary.client() as dst:
+        assert "mongo_migrate_meta" not in dst.list_database_names()  # the precheck wrote nothing

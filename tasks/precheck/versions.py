@@ -176,11 +176,20 @@ def classify_destination(source: EndpointInfo, destination: EndpointInfo,
             if problem:
                 problems.append(f"{c.plan.source_ns}: {problem}")
     target = f"MongoDB {destination.version}" + (f" (FCV {destination.fcv})" if destination.fcv else "")
+    fails: list[tuple[str, str]] = []
+    majority = destination.write_majority
+    if majority is not None and majority.up < majority.needed:
+        fails.append((f"{target}: writes cannot be confirmed by a majority: {majority.up} of the {majority.needed} "
+                      f"data-bearing members a majority write needs are up (down: {', '.join(majority.down) or '?'})",
+                      "bring those members back, or remove them from the replica set's configuration: every "
+                      "write is made with write concern majority"))
     if problems:
-        return failed(name, f"{target} cannot build: " + "; ".join(problems[:6])
-                      + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""),
-                      "drop or replace those indexes/options on the source (geoHaystack -> 2d), "
-                      "or raise the destination's version/feature compatibility")
+        fails.append((f"{target} cannot build: " + "; ".join(problems[:6])
+                       + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""),
+                       "drop or replace those indexes/options on the source (geoHaystack -> 2d), "
+                       "or raise the destination's version/feature compatibility"))
+    if fails:
+        return failed(name, "; ".join(f[0] for f in fails), "; ".join(f[1] for f in fails))
     n_indexes = sum(len(c.indexes) for c in inventory.collections)
     if warns:
         return warning(name, f"{target}: " + "; ".join(w[0] for w in warns)
