@@ -266,6 +266,20 @@ def write_large(coll, write, attempts=5):
             coll.database.drop_collection("warmup")
 
 
+def add_member(primary: Mongod, member: Mongod, **settings) -> None:
+    """Start `member` (not initiated: it joins) and add it to `primary`'s replica set with `settings`
+    (priority, votes, arbiterOnly...)."""
+    member.dbpath.mkdir(parents=True, exist_ok=True)
+    member.proc = subprocess.Popen(member.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    member._wait_accepting(60)
+    with primary.client() as c:
+        config = c.admin.command("replSetGetConfig")["config"]
+        config["version"] += 1
+        config["members"].append({"_id": max(m["_id"] for m in config["members"]) + 1, "host": member.host,
+                                  **settings})
+        c.admin.command("replSetReconfig", config)
+
+
 def insert_raw(client: MongoClient, ns: str, docs: list) -> None:
     """Insert documents as given (raw BSON or dicts); RawBSONDocuments are written byte for byte."""
     from mongo_migrate.tasks.common import RAW
@@ -274,6 +288,6 @@ def insert_raw(client: MongoClient, ns: str, docs: list) -> None:
     client[db].get_collection(coll, codec_options=RAW).insert_many(docs)
 
 
-__all__ = ["META_DATABASE", "MAX_BSON", "assert_same_documents", "collection_options", "index_specs", "insert_large",
+__all__ = ["META_DATABASE", "MAX_BSON", "add_member", "assert_same_documents", "collection_options", "index_specs", "insert_large",
            "insert_raw", "load_bson", "make_spec", "padding", "raw_documents", "sized", "user_collections", "write_large", "DATA",
            "ROOT"]

@@ -22,7 +22,7 @@ from mongo_migrate.sandbox.mongod import Mongod
 from mongo_migrate.tasks.connect import EndpointInfo
 from mongo_migrate.tasks.precheck import same_deployment
 from mongo_migrate.tasks.verify import CollectionVerification
-from tests.conftest import META_DATABASE, _drop_user_databases, assert_same_documents, make_spec
+from tests.conftest import META_DATABASE, _drop_user_databases, add_member, assert_same_documents, make_spec
 from tests.test_incremental import wait_for, waiting_since
 
 ERROR = "mongo-migrate: error: "
@@ -73,14 +73,7 @@ def test_an_emptied_source_is_not_an_equal_copy():
 def start_secondary(primary: Mongod, tmp_path) -> Mongod:
     """A second member of `primary`'s replica set (priority 0, no vote), once it is SECONDARY."""
     member = Mongod(tmp_path / "secondary", replset=primary.replset)
-    member.dbpath.mkdir(parents=True, exist_ok=True)
-    member.proc = subprocess.Popen(member.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    member._wait_accepting(60)
-    with primary.client() as c:
-        config = c.admin.command("replSetGetConfig")["config"]
-        config["version"] += 1
-        config["members"].append({"_id": 1, "host": member.host, "priority": 0, "votes": 0})
-        c.admin.command("replSetReconfig", config)
+    add_member(primary, member, priority=0, votes=0)
     from pymongo import MongoClient
 
     with MongoClient(member.host, directConnection=True) as c:

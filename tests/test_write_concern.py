@@ -13,7 +13,6 @@ secondary is down."""
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import datetime, timezone
 
 import pytest
@@ -22,7 +21,7 @@ from pymongo import MongoClient
 from mongo_migrate.blocks.mongo import DRIVER_NAME
 from mongo_migrate.flows.approval import approve_cutover
 from mongo_migrate.sandbox.mongod import Mongod
-from tests.conftest import assert_same_documents, index_specs
+from tests.conftest import add_member, assert_same_documents, index_specs
 from tests.test_faults import start_cli, wait_for, write_spec
 from tests.test_incremental import waiting_since
 
@@ -126,18 +125,6 @@ def test_a_write_no_majority_confirms_fails_the_run_saying_so(source, src_client
         "again"), last
     with w1_dest.client() as dst:
         assert dst.shop.orders.count_documents({}) == 0  # the run stopped before its copy
-
-
-def add_member(primary: Mongod, member: Mongod, **settings) -> None:
-    """Start `member` and add it to `primary`'s replica set (a voting secondary, or an arbiter)."""
-    member.dbpath.mkdir(parents=True, exist_ok=True)
-    member.proc = subprocess.Popen(member.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    member._wait_accepting(60)
-    with primary.client() as c:
-        config = c.admin.command("replSetGetConfig")["config"]
-        config["version"] += 1
-        config["members"].append({"_id": len(config["members"]), "host": member.host, **settings})
-        c.admin.command("replSetReconfig", config)
 
 
 @pytest.fixture
