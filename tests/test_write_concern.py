@@ -129,8 +129,9 @@ def test_a_write_no_majority_confirms_fails_the_run_saying_so(source, src_client
 
 @pytest.fixture
 def psa_dest(tmp_path):
-    """A primary-secondary-arbiter destination (its default write concern w:1, as 5.0+ makes it with an
-    arbiter once it is set), its secondary stopped: the primary stays primary, a majority write waits."""
+    """A primary-secondary-arbiter destination (its default write concern set to w:1 first, which 5.0+ asks
+    for before an arbiter joins), its secondary stopped: the primary stays primary (with the arbiter's
+    vote), and a majority write waits for the secondary."""
     primary = Mongod(tmp_path / "p", replset="psa").start()
     secondary = Mongod(tmp_path / "s", replset="psa")
     arbiter = Mongod(tmp_path / "a", replset="psa")
