@@ -30,6 +30,7 @@ NAMESPACE_EXISTS = 48
 COMMAND_NOT_SUPPORTED_ON_VIEW = 166
 DUPLICATE_KEY = 11000
 COLLSTATS_NOT_FOUND_42 = 40280  # $collStats storageStats of a missing collection, before 4.4
+WRITE_CONCERN_FAILED = 64  # a write concern's wtimeout passed (blocks/mongo.py WRITE_CONCERN)
 
 
 def version_tuple(version: str | None) -> tuple[int, int]:
@@ -42,10 +43,11 @@ def version_tuple(version: str | None) -> tuple[int, int]:
 
 
 def write_command(db: Database, name: str, value: Any, **fields: Any) -> dict:
-    """A command that writes (create, createIndexes, collMod, renameCollection, ...), sent with the write
-    concern of its client (blocks/mongo.py WRITE_CONCERN: majority): `Database.command` sends none, and
-    the deployment's default may be w:1."""
-    return db.command(name, value, writeConcern=db.write_concern.document, **fields)
+    """A command that writes (insert, create, createIndexes, collMod, renameCollection, ...), sent with the
+    write concern of its client (blocks/mongo.py WRITE_CONCERN: majority): `Database.command` sends none,
+    and the deployment's default may be w:1. A client without one of its own leaves the server's."""
+    concern = {} if db.write_concern.is_server_default else {"writeConcern": db.write_concern.document}
+    return db.command(name, value, **fields, **concern)
 
 
 def to_ejson(value: Any) -> str:

@@ -9,7 +9,7 @@ from pymongo.errors import (BulkWriteError, ConfigurationError, InvalidURI, Oper
 
 from mongo_migrate.blocks.mongo import MongoConnection, open_client, server_hello
 from mongo_migrate.blocks.spec import EndpointSpec, SpecError
-from mongo_migrate.tasks.common import step
+from mongo_migrate.tasks.common import WRITE_CONCERN_FAILED, step
 
 Cause = Literal["uri", "dns", "refused", "timeout", "auth", "tls", "block", "version", "other"]
 
@@ -75,9 +75,6 @@ def describe_connection_error(exc: Exception, where: str) -> tuple[Cause, str]:
     if isinstance(exc, OperationFailure):
         return "other", f"{where}: {exc.details.get('errmsg', text) if exc.details else text}"
     return "other", f"{where}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-WRITE_CONCERN_FAILED = 64  # the write concern's wtimeout passed (blocks/mongo.py WRITE_CONCERN)
 
 
 def write_concern_timed_out(exc: BaseException) -> bool:

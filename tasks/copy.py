@@ -34,7 +34,7 @@ from pymongo.errors import BulkWriteError, WriteConcernError
 from mongo_migrate.blocks.errors import DocumentWriteError
 from mongo_migrate.blocks.mongo import open_client
 from mongo_migrate.blocks.spec import MigrationSpec
-from mongo_migrate.tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson
+from mongo_migrate.tasks.common import DUPLICATE_KEY, RAW, from_ejson, step, to_ejson, write_command
 from mongo_migrate.tasks.digest import StreamHash
 from mongo_migrate.tasks.namespaces import CollectionPlan
 from mongo_migrate.tasks.raw_batches import find_raw_batches
@@ -282,12 +282,9 @@ def insert_raw_stream(target: Collection, stream: bytes, target_ns: str,
     for first, last in _chunks(offsets, len(stream)):
         end = offsets[last] if last < len(offsets) else len(stream)
         chunk = stream if (first, end) == (0, len(stream)) else stream[offsets[first]:end]
-        command = {"insert": target.name, "documents": [_DocumentSequence(chunk)], "ordered": False,
-                   "bypassDocumentValidation": True}
-        if not target.write_concern.is_server_default:
-            command["writeConcern"] = target.write_concern.document
         try:
-            reply = target.database.command(command)
+            reply = write_command(target.database, "insert", target.name, documents=[_DocumentSequence(chunk)],
+                                  ordered=False, bypassDocumentValidation=True)
         except (InvalidDocument, TypeError) as exc:
             _SEQUENCE_PASSES_THROUGH = False
             log.warning("this pymongo does not pass raw document sequences through (%s); copying "

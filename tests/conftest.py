@@ -228,7 +228,6 @@ def collection_options(client: MongoClient, ns: str) -> dict:
 
 def load_bson(relative: str) -> list:
     """The documents of a .bson file under tests/data, as RawBSONDocuments over the file's bytes."""
-
     from mongo_migrate.tasks.common import RAW
 
     return bson.decode_all((DATA / relative).read_bytes(), RAW)
@@ -288,6 +287,6 @@ def insert_raw(client: MongoClient, ns: str, docs: list) -> None:
     client[db].get_collection(coll, codec_options=RAW).insert_many(docs)
 
 
-__all__ = ["META_DATABASE", "MAX_BSON", "add_member", "assert_same_documents", "collection_options", "index_specs", "insert_large",
-           "insert_raw", "load_bson", "make_spec", "padding", "raw_documents", "sized", "user_collections", "write_large", "DATA",
-           "ROOT"]
+__all__ = ["META_DATABASE", "MAX_BSON", "add_member", "assert_same_documents", "collection_options", "index_specs",
+           "insert_large", "insert_raw", "load_bson", "make_spec", "padding", "raw_documents", "sized",
+           "user_collections", "write_large", "DATA", "ROOT"]
