@@ -5,6 +5,10 @@ The wait is Prefect's pause (`pause_flow_run(wait_for_input=...)`): the run show
 form, in the UI. It may last days while people prepare the cutover, so a Prefect API that is away for
 a while (a restarted server, a network cut) must not end it: the changes keep being applied meanwhile
 (the sync needs only the two databases), and the wait goes on once the API answers again.
+
+Prefect records the pause in two steps: the Paused state, then the form (the run input's schema, which
+a resume is checked against). A run is offered for approval only once both are there; if the API went
+away between them, the waiting run saves the form itself when the API is back.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
-from prefect.input.run_input import keyset_from_paused_state, read_flow_run_input
+from prefect.input.run_input import Keyset, keyset_from_paused_state, read_flow_run_input
 from prefect.runtime import flow_run
 from prefect.states import Paused
 from pydantic import Field
@@ -30,6 +34,9 @@ from mongo_migrate.blocks.errors import ApprovalError
 SYNC_FLOW_NAME = "incremental-sync"
 APPROVAL_KEY = "cutover-approval"
 APPROVAL_POLL_S = 2
+# `approve` waits this long for a run that is paused but whose form is not saved yet (the pause's next
+# request, or the run's own retry once the API answers again)
+FORM_WAIT_S = 10
 
 
 class CutoverApproval(RunInput):
@@ -65,31 +72,33 @@ def wait_for_approval(description: str, timeout_s: int, sync_error: Callable[[],
     here, asking the API every APPROVAL_POLL_S, until the answer arrives or the time is up; a sync
     that fails meanwhile (`sync_error()`) ends it."""
     deadline = time.monotonic() + timeout_s
-    # the key of the answer: Prefect's own naming, from the state the pause proposes
-    answer_key = keyset_from_paused_state(Paused(pause_key=APPROVAL_KEY))["response"]
+    form = CutoverApproval.with_initial_data(description=description)
+    # the keys of the form and of its answer: Prefect's own naming, from the state the pause proposes
+    keyset = keyset_from_paused_state(Paused(pause_key=APPROVAL_KEY))
     while True:
         remaining = int(deadline - time.monotonic())
         if remaining <= 0:
             raise FlowPauseTimeout("no cutover approval arrived in time")
         try:
-            return pause_flow_run(
-                wait_for_input=CutoverApproval.with_initial_data(description=description),
-                timeout=remaining, poll_interval=APPROVAL_POLL_S, key=APPROVAL_KEY)
+            return pause_flow_run(wait_for_input=form, timeout=remaining, poll_interval=APPROVAL_POLL_S,
+                                  key=APPROVAL_KEY)
         except httpx.HTTPError as exc:
             logger.warning("the Prefect API does not answer (%s): changes keep being applied; the "
                            "approval is heard when the API is back", str(exc) or type(exc).__name__)
-        answer = _answer_when_api_returns(answer_key, deadline, sync_error, logger)
+        answer = _answer_when_api_returns(form, keyset, deadline, sync_error, logger)
         if answer is not None:
             return answer
         # the run is not paused (the API went away before the pause was recorded): pause it now
 
 
-def _answer_when_api_returns(answer_key: str, deadline: float, sync_error: Callable[[], BaseException | None],
-                             logger) -> CutoverApproval | None:
-    """Poll this run's state until the API answers: still paused, go on polling; resumed, its answer;
-    None if the run is not paused and has no answer (the pause must be proposed again)."""
+def _answer_when_api_returns(form: type[CutoverApproval], keyset: Keyset, deadline: float,
+                             sync_error: Callable[[], BaseException | None], logger) -> CutoverApproval | None:
+    """Poll this run's state until the API answers: still paused, save the form if the pause could
+    not, and go on polling; resumed, its answer; None if the run is not paused and has no answer (the
+    pause must be proposed again)."""
     run_id = UUID(str(flow_run.get_id()))
     away: float | None = time.monotonic()
+    form_saved = False
     while time.monotonic() < deadline:
         error = sync_error()
         if error is not None:
@@ -103,9 +112,14 @@ def _answer_when_api_returns(answer_key: str, deadline: float, sync_error: Calla
                             "has been answered")
                 away = None
             if state is not None and state.is_paused():
+                if not form_saved and read_flow_run_input(keyset["schema"], flow_run_id=run_id) is None:
+                    # the pause was recorded, its form was not: without it no resume is accepted
+                    form.save(keyset, flow_run_id=run_id)
+                    logger.info("saved the approval form, which the pause could not (the API failed between the two)")
+                form_saved = True
                 time.sleep(APPROVAL_POLL_S)
                 continue
-            answer = read_flow_run_input(answer_key, flow_run_id=run_id)
+            answer = read_flow_run_input(keyset["response"], flow_run_id=run_id)
         except httpx.HTTPError:
             time.sleep(APPROVAL_POLL_S)
             continue
@@ -121,8 +135,8 @@ def _paused(flow_run_filter: FlowRunFilter | None = None) -> FlowRunFilter:
     return flow_run_filter.model_copy(update={"state": state})
 
 
-def waiting_for_approval(run_id: str | None = None) -> list[FlowRun]:
-    """Sync runs paused for cutover approval: all of them, or the one given (a sync run's id, or the
+def _paused_for_approval(run_id: str | None) -> list[FlowRun]:
+    """Sync runs paused with the approval key: all of them, or the one given (a sync run's id, or the
     id of the migrate run it belongs to)."""
     flows = FlowFilter(name=FlowFilterName(any_=[SYNC_FLOW_NAME]))
     with get_client(sync_client=True) as client:
@@ -141,11 +155,32 @@ def waiting_for_approval(run_id: str | None = None) -> list[FlowRun]:
     return [r for r in runs if r.state and r.state.state_details.pause_key == APPROVAL_KEY]
 
 
+def _form_saved(run: FlowRun) -> bool:
+    keyset = run.state.state_details.run_input_keyset if run.state else None
+    return bool(keyset) and read_flow_run_input(keyset["schema"], flow_run_id=run.id) is not None
+
+
+def waiting_for_approval(run_id: str | None = None) -> list[FlowRun]:
+    """Sync runs waiting for cutover approval, their form saved: all of them, or the one given (a sync
+    run's id, or the id of the migrate run it belongs to)."""
+    return [r for r in _paused_for_approval(run_id) if _form_saved(r)]
+
+
 def approve_cutover(run_id: str | None = None, *, approve: bool = True, note: str = "") -> FlowRun:
     """Resume the run waiting for cutover approval with the person's answer."""
-    runs = waiting_for_approval(run_id)
+    deadline = time.monotonic() + FORM_WAIT_S
+    while True:
+        paused = _paused_for_approval(run_id)
+        runs = [r for r in paused if _form_saved(r)]
+        if runs or not paused or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)  # paused, its form not saved yet
     if not runs:
         which = f"flow run {run_id} is not" if run_id else "no run is"
+        if paused:
+            raise ApprovalError(f"{which} ready for approval yet: {paused[0].name} is paused but its approval form "
+                                "is not saved (the Prefect API failed while it paused; the run saves it when "
+                                "the API answers it again): try again in a minute")
         raise ApprovalError(f"{which} waiting for cutover approval")
     if len(runs) > 1:
         raise ApprovalError(f"{len(runs)} runs wait for cutover approval; give one: "

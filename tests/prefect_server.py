@@ -68,12 +68,15 @@ class PrefectServer:
 class DelayingProxy:
     """A TCP proxy to 127.0.0.1:`upstream_port` that holds each HTTP request `delay_s` before passing
     it on, and notes its request line ("GET /api/..."). `close()` makes the API look stopped
-    (connections refused, open ones cut); `listen()` brings it back on the same port."""
+    (connections refused, open ones cut); `listen()` brings it back on the same port. `refuse(pattern)`
+    cuts the connection of every request whose line matches, instead of passing it on: an API that
+    goes away between two requests of one step, at the place a test chooses."""
 
     def __init__(self, upstream_port: int, delay_s: float) -> None:
         self.upstream_port, self.delay_s = upstream_port, delay_s
         self.port = free_port()
         self.requests: list[str] = []
+        self.refused: re.Pattern | None = None
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -85,6 +88,9 @@ class DelayingProxy:
     def requests_matching(self, pattern: str) -> list[str]:
         with self._lock:
             return [r for r in self.requests if re.search(pattern, r)]
+
+    def refuse(self, pattern: str | None) -> None:
+        self.refused = re.compile(pattern) if pattern else None
 
     def listen(self) -> "DelayingProxy":
         listener = socket.socket()
@@ -129,8 +135,11 @@ class DelayingProxy:
         try:
             while data := src.recv(65536):
                 if requests and data.startswith(HTTP_METHODS):
+                    line = data.split(b"\r\n", 1)[0].decode(errors="replace")
                     with self._lock:
-                        self.requests.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
+                        self.requests.append(line)
+                    if self.refused is not None and self.refused.search(line):
+                        break  # cut, both ways (below)
                     time.sleep(self.delay_s)
                 dst.sendall(data)
         except OSError:

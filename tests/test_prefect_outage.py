@@ -18,11 +18,13 @@ import time
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from mongo_migrate.blocks.errors import ApprovalError
 from mongo_migrate.blocks.mongo import MongoEndpoint
 from mongo_migrate.flows.approval import approve_cutover, waiting_for_approval
 from tests.conftest import assert_same_documents
 from tests.load import SourceLoad, seed
 from tests.prefect_server import DelayingProxy, PrefectServer
+from tests.test_faults import write_spec
 from tests.test_kills import Run
 
 OUTAGE_S = 60
@@ -98,5 +100,46 @@ def test_block_endpoints_sync_through_a_slow_prefect_api_and_a_minute_without_it
         server.stop()
     assert run.saw("the Prefect API does not answer"), run.tail()
     assert len(during_outage) >= 8
+    for coll in ("orders", "items"):
+        assert_same_documents(src_client, dst_client, f"shop.{coll}", f"shop_v2.{coll}")
+
+
+@pytest.mark.timeout(400)
+def test_a_pause_whose_form_the_api_lost_is_offered_for_approval_once_the_run_saved_it_again(
+        source, dest, src_client, dst_client, tmp_path):
+    """Prefect records a pause in two requests: the Paused state, then the form (the run input's schema,
+    which a resume is checked against). Here the API refuses the second (the proxy cuts every run-input
+    POST): the paused run is not offered for approval and `approve` says why, instead of failing in
+    Prefect's resume; once the API takes the form, the waiting run saves it itself and the approval
+    goes through."""
+    server = PrefectServer(tmp_path / "prefect-home").start()
+    proxy = DelayingProxy(server.port, delay_s=0).listen()
+    proxy.refuse(r"^POST /api/flow_runs/[^/ ]+/input ")
+    run = None
+    try:
+        seed(src_client, docs=300)
+        spec = write_spec(tmp_path / "spec.json", source, dest, migration_types=["full", "incremental"],
+                          objects=[{"database": "shop"}], name_mapping={"shop": "shop_v2"})
+        run = Run(proxy.api, str(spec), tmp_path / "run.log", env={"PREFECT_CLIENT_MAX_RETRIES": "2"})
+        assert run.wait_until(lambda: run.saw("the Prefect API does not answer"), 180), run.tail()
+        assert proxy.requests_matching(r"^POST /api/flow_runs/[^/ ]+/input ")
+        with temporary_settings(updates={PREFECT_API_URL: server.api}):
+            assert waiting_for_approval() == []
+            with pytest.raises(ApprovalError, match="is paused but its approval form is not saved"):
+                approve_cutover(note="too early")
+            # the changes go on meanwhile
+            arrived = arrival_s(src_client, dst_client, "while-paused-without-form")
+            assert arrived is not None and arrived < 10, arrived
+
+            proxy.refuse(None)
+            assert run.wait_until(waiting_for_approval, 60), run.tail()
+            assert run.wait_until(lambda: run.saw("saved the approval form"), 10), run.tail()
+            approve_cutover(note="form saved again")
+        assert run.proc.wait(240) == 0, run.tail()
+    finally:
+        if run is not None and run.proc.poll() is None:
+            run.kill()
+        proxy.close()
+        server.stop()
     for coll in ("orders", "items"):
         assert_same_documents(src_client, dst_client, f"shop.{coll}", f"shop_v2.{coll}")
