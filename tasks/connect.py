@@ -17,9 +17,9 @@ Cause = Literal["uri", "dns", "refused", "timeout", "auth", "tls", "block", "ver
 class WriteMajority(BaseModel):
     """A replica set's members that can confirm a write concern majority write, against how many must."""
 
-    up: int  # data-bearing members up: the primary and the secondaries that answer
+    up: int  # voting data-bearing members up: the primary and the voting secondaries that answer
     needed: int  # writeMajorityCount: how many of them a majority write waits for
-    down: list[str] = []  # members not up (arbiters that answer are neither)
+    down: list[str] = []  # the voting data-bearing members not up
 
 
 class EndpointInfo(BaseModel):
@@ -190,26 +190,30 @@ def describe_endpoint(conn: MongoConnection, role: str) -> EndpointInfo:
     return info
 
 
-PRIMARY, SECONDARY, ARBITER = 1, 2, 7  # replSetGetStatus member states
+PRIMARY, SECONDARY = 1, 2  # replSetGetStatus member states
 
 
 def read_write_majority(client) -> WriteMajority | None:
-    """How many data-bearing members of a replica set are up, against how many a write concern majority
-    write waits for (`replSetGetStatus`, in clusterMonitor; None without it, or before 4.2.1, which
-    reports no writeMajorityCount). Every write mongo-migrate makes on the destination waits for them
-    (blocks/mongo.py WRITE_CONCERN): with too few up, as in a primary-secondary-arbiter set whose
-    secondary is down, the primary accepts writes that no majority ever confirms."""
+    """How many voting data-bearing members of a replica set are up, against how many a write concern
+    majority write waits for (`replSetGetStatus` and `replSetGetConfig`, in clusterMonitor; None without
+    them, or before 4.2.1, which reports no writeMajorityCount). Every write mongo-migrate makes on the
+    destination waits for them (blocks/mongo.py WRITE_CONCERN): with too few up, as in a
+    primary-secondary-arbiter set whose secondary is down, the primary accepts writes that no majority
+    ever confirms. A member without a vote (votes 0, or newlyAdded until the primary has seen it a
+    secondary) confirms nothing toward a majority, up or not."""
     try:
         status = client.admin.command("replSetGetStatus")
+        config = client.admin.command("replSetGetConfig")["config"]
     except OperationFailure:
         return None
     needed = status.get("writeMajorityCount")
     if not isinstance(needed, int):
         return None
-    members = status.get("members", [])
+    voting = {m["_id"] for m in config.get("members", [])
+              if m.get("votes", 1) > 0 and not m.get("arbiterOnly") and not m.get("newlyAdded")}
+    members = [m for m in status.get("members", []) if m.get("_id") in voting]
     up = [m for m in members if m.get("health") == 1 and m.get("state") in (PRIMARY, SECONDARY)]
-    down = [m.get("name", "?") for m in members
-            if not (m.get("health") == 1 and m.get("state") in (PRIMARY, SECONDARY, ARBITER))]
+    down = [m.get("name", "?") for m in members if m not in up]
     return WriteMajority(up=len(up), needed=needed, down=down)
 
 

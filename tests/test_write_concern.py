@@ -130,26 +130,32 @@ def test_a_write_no_majority_confirms_fails_the_run_saying_so(source, src_client
 @pytest.fixture
 def psa_dest(tmp_path):
     """A primary-secondary-arbiter destination (its default write concern set to w:1 first, which 5.0+ asks
-    for before an arbiter joins), its secondary stopped: the primary stays primary (with the arbiter's
-    vote), and a majority write waits for the secondary."""
+    for before an arbiter joins) with a fourth member that has no vote, its secondary stopped: the primary
+    stays primary (with the arbiter's vote), and a majority write waits for the secondary (the member
+    without a vote, up, confirms nothing toward a majority)."""
     primary = Mongod(tmp_path / "p", replset="psa").start()
     secondary = Mongod(tmp_path / "s", replset="psa")
     arbiter = Mongod(tmp_path / "a", replset="psa")
+    without_vote = Mongod(tmp_path / "n", replset="psa")
     with primary.client() as c:
         c.admin.command("setDefaultRWConcern", defaultWriteConcern={"w": 1})
     add_member(primary, secondary, priority=0)
     add_member(primary, arbiter, arbiterOnly=True)
+    add_member(primary, without_vote, priority=0, votes=0)
+
+    def states() -> dict[str, int]:
+        return {m["name"]: m["health"] * m["state"] for m in c.admin.command("replSetGetStatus")["members"]}
+
     with primary.client() as c:
         # a member joins without a vote ("newlyAdded") until the primary has seen it a secondary: until then
         # a majority write needs the primary alone (writeMajorityCount 1)
-        wait_for(lambda: c.admin.command("replSetGetStatus")["writeMajorityCount"] == 2, 60,
-                 "the secondary to vote")
+        wait_for(lambda: c.admin.command("replSetGetStatus")["writeMajorityCount"] == 2
+                 and states()[without_vote.host] == 2, 60, "the secondary to vote, the member without a vote up")
         secondary.proc.kill()
         secondary.proc.wait(10)
-        wait_for(lambda: [m["health"] for m in c.admin.command("replSetGetStatus")["members"]
-                          if m["name"] == secondary.host] == [0], 60, "the primary to see its secondary down")
+        wait_for(lambda: states()[secondary.host] == 0, 60, "the primary to see its secondary down")
     yield primary, secondary
-    for m in (arbiter, primary):
+    for m in (without_vote, arbiter, primary):
         m.proc.kill()
         m.proc.wait(10)
 
@@ -164,7 +170,7 @@ def test_a_destination_whose_majority_is_down_fails_the_precheck(source, src_cli
     assert result.returncode == 2, f"{members}\n{result.stdout}"
     row = next(line for line in result.stdout.splitlines() if "destination compatibility" in line)
     assert row.startswith("FAIL") and row.endswith(
-        f"writes cannot be confirmed by a majority: 1 of the 2 data-bearing members a majority write needs are "
-        f"up (down: {secondary.host})"), row
+        f"writes cannot be confirmed by a majority: 1 of the 2 voting data-bearing members a majority write needs "
+        f"are up (down: {secondary.host})"), row
     with primary.client() as dst:
         assert "mongo_migrate_meta" not in dst.list_database_names()  # the precheck wrote nothing

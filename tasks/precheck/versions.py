@@ -180,7 +180,8 @@ def classify_destination(source: EndpointInfo, destination: EndpointInfo,
     majority = destination.write_majority
     if majority is not None and majority.up < majority.needed:
         fails.append((f"{target}: writes cannot be confirmed by a majority: {majority.up} of the {majority.needed} "
-                      f"data-bearing members a majority write needs are up (down: {', '.join(majority.down) or '?'})",
+                      "voting data-bearing members a majority write needs are up "
+                      f"(down: {', '.join(majority.down) or '?'})",
                       "bring those members back, or remove them from the replica set's configuration: every "
                       "write is made with write concern majority"))
     if problems:
