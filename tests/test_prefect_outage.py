@@ -7,6 +7,9 @@ server is stopped for 60 s (connections refused): the source's changes keep arri
 destination, the run waits the outage out, hears the approval once the server is back, and cuts
 over with the destination equal to the source byte for byte.
 
+A second run meets an API that fails between the two requests recording its pause (the Paused state,
+then the approval form): it is not offered for approval until it has saved its form again.
+
 The CLI runs with PREFECT_CLIENT_MAX_RETRIES=2, so that Prefect's client gives up on the refused
 connection after ~6 s instead of ~1 min of retries: the wait must outlast the client's retries.
 """
@@ -105,7 +108,7 @@ def test_block_endpoints_sync_through_a_slow_prefect_api_and_a_minute_without_it
 
 
 @pytest.mark.timeout(400)
-def test_a_pause_whose_form_the_api_lost_is_offered_for_approval_once_the_run_saved_it_again(
+def test_a_pause_whose_form_the_api_refused_is_offered_for_approval_once_the_run_saved_it_again(
         source, dest, src_client, dst_client, tmp_path):
     """Prefect records a pause in two requests: the Paused state, then the form (the run input's schema,
     which a resume is checked against). Here the API refuses the second (the proxy cuts every run-input

@@ -142,11 +142,10 @@ def psa_dest(tmp_path):
     add_member(primary, secondary, priority=0)
     add_member(primary, arbiter, arbiterOnly=True)
     add_member(primary, without_vote, priority=0, votes=0)
-
-    def states() -> dict[str, int]:
-        return {m["name"]: m["health"] * m["state"] for m in c.admin.command("replSetGetStatus")["members"]}
-
     with primary.client() as c:
+        def states() -> dict[str, int]:  # a member's state, 0 when the primary cannot reach it
+            return {m["name"]: m["health"] * m["state"] for m in c.admin.command("replSetGetStatus")["members"]}
+
         # a member joins without a vote ("newlyAdded") until the primary has seen it a secondary: until then
         # a majority write needs the primary alone (writeMajorityCount 1)
         wait_for(lambda: c.admin.command("replSetGetStatus")["writeMajorityCount"] == 2
