@@ -171,19 +171,19 @@ def approve_cutover(run_id: str | None = None, *, approve: bool = True, note: st
     deadline = time.monotonic() + FORM_WAIT_S
     while True:
         paused = _paused_for_approval(run_id)
-        runs = [r for r in paused if _form_saved(r)]
-        if runs or not paused or time.monotonic() > deadline:
+        ready = [r for r in paused if _form_saved(r)]
+        if len(paused) != 1 or ready or time.monotonic() > deadline:
             break
         time.sleep(0.5)  # paused, its form not saved yet
-    if not runs:
-        which = f"flow run {run_id} is not" if run_id else "no run is"
-        if paused:
-            raise ApprovalError(f"{which} ready for approval yet: {paused[0].name} is paused but its approval form "
-                                "is not saved (the Prefect API failed while it paused; the run saves it when "
-                                "the API answers it again): try again in a minute")
+    which = f"flow run {run_id} is not" if run_id else "no run is"
+    if not paused:
         raise ApprovalError(f"{which} waiting for cutover approval")
-    if len(runs) > 1:
-        raise ApprovalError(f"{len(runs)} runs wait for cutover approval; give one: "
-                            + ", ".join(f"{r.id} ({r.name})" for r in runs))
-    resume_flow_run(runs[0].id, run_input={"approve": approve, "note": note})
-    return runs[0]
+    if len(paused) > 1:
+        raise ApprovalError(f"{len(paused)} runs wait for cutover approval; give one: "
+                            + ", ".join(f"{r.id} ({r.name})" for r in paused))
+    if not ready:
+        raise ApprovalError(f"{which} ready for approval yet: {paused[0].name} is paused but its approval form "
+                            "is not saved (the Prefect API failed while it paused; the run saves it when the "
+                            "API answers it again): try again in a minute")
+    resume_flow_run(ready[0].id, run_input={"approve": approve, "note": note})
+    return ready[0]
