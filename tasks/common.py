@@ -31,6 +31,7 @@ COMMAND_NOT_SUPPORTED_ON_VIEW = 166
 DUPLICATE_KEY = 11000
 COLLSTATS_NOT_FOUND_42 = 40280  # $collStats storageStats of a missing collection, before 4.4
 WRITE_CONCERN_FAILED = 64  # a write concern's wtimeout passed (blocks/mongo.py WRITE_CONCERN)
+CAPPED_POSITION_LOST = 136  # a capped collection's (the oplog's) oldest entries were dropped under a read
 
 
 def version_tuple(version: str | None) -> tuple[int, int]:

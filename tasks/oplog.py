@@ -2,20 +2,39 @@
 entries, its size and how long it holds (local.oplog.rs, read in natural order: insertion order)."""
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from bson.timestamp import Timestamp
 from pydantic import BaseModel
 from pymongo import ASCENDING, DESCENDING
+from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 from mongo_migrate.blocks.mongo import MongoConnection, open_client
+from mongo_migrate.tasks.common import CAPPED_POSITION_LOST
+
+log = logging.getLogger("mongo_migrate.oplog")
 
 
 def oldest_entry_time(conn: MongoConnection) -> Timestamp | None:
     """The `ts` of the oplog's oldest entry (None: an empty oplog): a position before it is gone."""
-    first = open_client(conn).local["oplog.rs"].find_one({}, {"ts": 1}, sort=[("$natural", ASCENDING)])
-    return None if first is None else first["ts"]
+    return oldest_entry_ts(open_client(conn).local["oplog.rs"])
+
+
+def oldest_entry_ts(oplog: Collection, attempts: int = 5) -> Timestamp | None:
+    """`oldest_entry_time` on an open `local.oplog.rs`. The oplog drops its oldest entries as it writes
+    new ones, and a read of its head can die as they go (CappedPositionLost; a 4.2.6 source under a write
+    burst, about one read in a hundred): read again, from the new head."""
+    for attempt in range(attempts):
+        try:
+            first = oplog.find_one({}, {"ts": 1}, sort=[("$natural", ASCENDING)])
+            return None if first is None else first["ts"]
+        except OperationFailure as exc:
+            if exc.code != CAPPED_POSITION_LOST or attempt == attempts - 1:
+                raise
+            log.debug("the oplog dropped its oldest entry under the read: reading its head again")
+    return None  # not reached: the last attempt returns or raises
 
 
 class OplogWindow(BaseModel):

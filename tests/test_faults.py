@@ -17,6 +17,7 @@ The destination mongod SIGKILLed at five moments of one migration is in test_des
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -361,14 +362,54 @@ def oplog_spans_seconds(client, seconds: float = 2.0) -> None:
 
 def _roll_oplog_past_now(src) -> None:
     """Write outside the selection until the oplog's oldest entry is later than now (1 MB oplog)."""
-    entry = lambda order: next(src.local["oplog.rs"].find({}, {"ts": 1}).sort("$natural", order).limit(1))["ts"]
-    oldest = lambda: entry(1)
-    mark = entry(-1)  # the newest entry now (`hello` is 4.4+)
+    from mongo_migrate.tasks.oplog import oldest_entry_ts
+
+    oldest = lambda: oldest_entry_ts(src.local["oplog.rs"])
+    mark = next(src.local["oplog.rs"].find({}, {"ts": 1}).sort("$natural", -1).limit(1))["ts"]  # the newest now
     deadline = time.monotonic() + 60
     while oldest() <= mark and time.monotonic() < deadline:
         src.burst.fill.insert_many([{"p": "x" * 1000} for _ in range(200)])
     assert oldest() > mark, "the oplog was not truncated"
     oplog_spans_seconds(src)  # the precheck wants a window longer than the (tiny) copy
+
+
+def test_the_oldest_oplog_entry_is_read_while_a_4_2_source_drops_it(tmp_path, caplog):
+    """The oplog's oldest entry (the precheck's oplog window, a saved position's check, the sync's window
+    left) read while a write burst makes a 4.2.6 source drop it: a read of the head dies now and then
+    with CappedPositionLost (about one in a hundred here; a CI run's oplog test met it), and the code
+    reads again. Read until that has happened three times, so that the race is shown in this run."""
+    from mongo_migrate.tasks.oplog import oldest_entry_ts
+
+    caplog.set_level(logging.DEBUG, logger="mongo_migrate.oplog")
+    tiny = Mongod(tmp_path / "tiny-oplog", replset="tiny", oplog_size_mb=1, version="4.2.6",
+                  extra_args=["--syncdelay", "1"]).start()
+    seen: list = []
+
+    def read_again() -> int:
+        return sum("reading its head again" in r.getMessage() for r in caplog.records)
+
+    try:
+        with tiny.client() as src:
+            writing = threading.Event()
+            writing.set()
+
+            def burst() -> None:
+                while writing.is_set():
+                    src.burst.fill.insert_many([{"p": "x" * 1000} for _ in range(200)])
+
+            writer = threading.Thread(target=burst, daemon=True)
+            writer.start()
+            deadline = time.monotonic() + 90
+            try:
+                while read_again() < 3 and time.monotonic() < deadline:
+                    seen.append(oldest_entry_ts(src.local["oplog.rs"]))
+            finally:
+                writing.clear()
+                writer.join(30)
+    finally:
+        tiny.destroy()
+    assert read_again() >= 3, f"the race did not show in {len(seen)} reads"
+    assert None not in seen and seen == sorted(seen) and seen[-1] > seen[0]  # the head, moving on
 
 
 @pytest.mark.parametrize("version", [None, "4.2.6"], ids=["6.0.5", "4.2.6"])

@@ -27,7 +27,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, 
 from mongo_migrate.blocks.errors import ChangeApplyError, OplogWindowExceeded
 from mongo_migrate.blocks.mongo import open_client, server_hello
 from mongo_migrate.blocks.spec import MigrationSpec
-from mongo_migrate.tasks.common import DUPLICATE_KEY
+from mongo_migrate.tasks.common import CAPPED_POSITION_LOST, DUPLICATE_KEY
 from mongo_migrate.tasks.namespaces import NamespaceMapper
 from mongo_migrate.tasks.state import read_sync_state, sync_state_collection
 from mongo_migrate.tasks.sync.conflicts import UniqueConflicts, target_collection
@@ -44,7 +44,7 @@ log = logging.getLogger("mongo_migrate.changes")
 # the oplog dropped the entries at the stream's (or the oplog DDL reader's) position while it read them
 # ("CollectionScan died due to position in capped collection being deleted": a 4.2.6 source, resumed at
 # a position its oplog was dropping, answered this instead of 286; tests/test_faults.py)
-HISTORY_LOST = {286, 280, 136}
+HISTORY_LOST = {286, 280, CAPPED_POSITION_LOST}
 
 # the destination is going away, restarting or failing over: the same write succeeds a moment later
 _UNAVAILABLE_CODES = {6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436}
