@@ -70,7 +70,7 @@ class OplogWindow(BaseModel):
 def read_oplog_window(conn: MongoConnection) -> OplogWindow:
     """First and last entry times of the source's oplog, its size and entries (reads local.oplog.rs)."""
     oplog = open_client(conn).local["oplog.rs"]
-    first = oldest_entry_time(conn)
+    first = oldest_entry_ts(oplog)
     last = oplog.find_one({}, {"ts": 1}, sort=[("$natural", DESCENDING)])
     stats = next(oplog.aggregate([{"$collStats": {"storageStats": {}}}]))["storageStats"]
     if first is None or last is None:
